@@ -1,0 +1,17 @@
+"""s001's CNN: conv 32 and conv 64 (ReLU then BatchNorm, max-pool), dense 128 and 64 with Dropout 0.4."""
+
+from fmnist_jax.config import base_config
+
+
+def get_config():
+    config = base_config()
+    config.model.name = "cnn"
+    config.model.conv_features = (32, 64)
+    config.model.padding = "SAME"
+    config.model.use_batch_norm = True
+    config.model.norm_before_relu = False
+    config.model.dense_features = (128, 64)
+    config.model.dropout = 0.4
+    config.batch_size = 64
+    config.epochs = 10
+    return config

@@ -1,0 +1,105 @@
+"""Command-line plumbing shared by the scripts: config flags, and errors as one clear line."""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import ml_collections
+
+from fmnist_jax import config as config_lib
+from fmnist_jax.errors import TrainingDiverged, UserError
+from fmnist_jax.models import MODELS
+
+REPO_ROOT = config_lib.CONFIG_DIR.parent
+
+# Shorthand flags and the config fields they set.
+SHORTHANDS = {
+    "epochs": ("epochs", int, "training epochs"),
+    "batch_size": ("batch_size", int, "training batch size (global, across devices)"),
+    "learning_rate": ("optimizer.learning_rate", float, "peak learning rate"),
+    "seed": ("seed", int, "seed of the first member: fixes initialisation, data order, dropout"),
+    "seeds": ("num_seeds", int, "train N members with seeds SEED..SEED+N-1 at once (jax.vmap)"),
+    "data_dir": ("data.dir", str, "folder of the four IDX .gz files, or a tfds data dir"),
+    "train_limit": ("data.train_limit", int, "train on the first N training images only"),
+}
+
+
+def _fields_help() -> str:
+    base = config_lib.flatten(config_lib.base_config())
+    lines = ["config fields (override any with --config.FIELD=VALUE):"]
+    lines += [f"  {k} = {v!r}" for k, v in base.items() if k != "model.name"]
+    lines.append("model fields (--config.model.FIELD=VALUE), per model config:")
+    for name in MODELS:
+        model = config_lib.load_config_file(config_lib.model_config_path(name)).model
+        fields = ", ".join(f"{k}={v!r}" for k, v in model.items() if k != "name")
+        lines.append(f"  {name}: {fields}")
+    return "\n".join(lines)
+
+
+def add_config_flags(parser: argparse.ArgumentParser) -> None:
+    """--model/--config, the shorthands, and the listing of every config field in --help."""
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--model", choices=list(MODELS), metavar="NAME",
+                       help=f"model to train: {', '.join(MODELS)} (short for "
+                            f"--config=configs/NAME.py; default cnn)")
+    group.add_argument("--config", metavar="PATH", help="a config file (Python, get_config())")
+    for flag, (_, kind, text) in SHORTHANDS.items():
+        parser.add_argument("--" + flag.replace("_", "-"), type=kind, metavar=flag.upper(),
+                            help=f"{text} (config.{SHORTHANDS[flag][0]})")
+    parser.epilog = _fields_help()
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+
+
+def resolve_config(parser: argparse.ArgumentParser, args: argparse.Namespace,
+                   rest: Sequence[str]) -> ml_collections.ConfigDict:
+    """The config file's config, with --config.FIELD overrides, then the shorthands applied."""
+    path = args.config or config_lib.model_config_path(args.model or "cnn")
+    config = config_lib.load_config_file(path)
+    rest = list(rest)
+    while rest:
+        item = rest.pop(0)
+        if not item.startswith("--config."):
+            parser.error(f"unrecognized argument {item!r}; see --help")
+        field, sep, value = item[len("--config."):].partition("=")
+        if not sep:
+            if not rest:
+                parser.error(f"{item} needs a value: {item}=VALUE")
+            value = rest.pop(0)
+        config_lib.apply_override(config, field, value)
+    for flag, (field, _, _) in SHORTHANDS.items():
+        value = getattr(args, flag)
+        if value is not None:
+            config_lib.apply_override(config, field, str(value))
+    config_lib.validate(config)
+    return config
+
+
+def command_line() -> str:
+    return shlex.join(["python", *sys.argv])
+
+
+def main_guard(main: Callable[[Sequence[str]], None], argv: Sequence[str] | None = None) -> None:
+    """Runs `main`, turning the errors a user can fix into one line on stderr and an exit code."""
+    argv = sys.argv[1:] if argv is None else argv
+    debug = "--debug" in argv
+    try:
+        main([a for a in argv if a != "--debug"])
+    except (UserError, TrainingDiverged) as e:
+        if debug:
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(e.exit_code)
+    except KeyboardInterrupt as e:
+        print(f"interrupted{': ' + str(e) if str(e) else ''}; run the same command to resume",
+              file=sys.stderr)
+        sys.exit(130)
+
+
+def default_workdir(model: str) -> Path:
+    import datetime  # pylint: disable=import-outside-toplevel
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    return REPO_ROOT / "checkpoints" / f"{model}-{stamp}"

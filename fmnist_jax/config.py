@@ -1,0 +1,154 @@
+"""Configs: Python files returning an `ml_collections.ConfigDict`, overridden from the command line."""
+
+from __future__ import annotations
+
+import ast
+import difflib
+import importlib.util
+from pathlib import Path
+from typing import Any
+
+import ml_collections
+
+from fmnist_jax.errors import ConfigError
+from fmnist_jax.models import MODELS
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+OPTIMIZERS = ("adam", "adamw", "sgd")
+SCHEDULES = ("constant", "warmup_cosine", "onecycle", "plateau")
+EPOCH_MODES = ("auto", "loop", "scan")
+
+
+def base_config() -> ml_collections.ConfigDict:
+    """Every field a run reads, with defaults; model configs change what differs."""
+    c = ml_collections.ConfigDict()
+    c.model = ml_collections.ConfigDict({"name": "cnn"})
+    c.seed = 0
+    c.num_seeds = 1
+    c.epochs = 10
+    c.batch_size = 128
+    c.eval_batch_size = 1000
+    c.label_smoothing = 0.0
+    c.early_stopping_patience = 0  # epochs without a better validation accuracy; 0 = off
+
+    c.data = ml_collections.ConfigDict()
+    c.data.dir = ""  # empty: search the default sources
+    c.data.val_fraction = 0.1
+    c.data.split_seed = 0  # fixed apart from `seed` so every run validates on the same images
+    c.data.train_limit = 0  # > 0: train on the first N training images only
+
+    c.optimizer = ml_collections.ConfigDict()
+    c.optimizer.name = "adam"
+    c.optimizer.learning_rate = 1e-3
+    c.optimizer.weight_decay = 0.0  # adamw only; never applied to biases or norm scales
+    c.optimizer.momentum = 0.9  # sgd only
+    c.optimizer.nesterov = False  # sgd only
+    c.optimizer.grad_clip_norm = 0.0  # > 0: clip the global gradient norm
+
+    c.schedule = ml_collections.ConfigDict()
+    c.schedule.name = "constant"
+    c.schedule.warmup_epochs = 0.0  # warmup_cosine
+    c.schedule.end_factor = 0.0  # warmup_cosine: final lr as a fraction of the peak
+    c.schedule.plateau_metric = "val_accuracy"  # plateau: or val_loss
+    c.schedule.plateau_factor = 0.5
+    c.schedule.plateau_patience = 2
+    c.schedule.plateau_min_factor = 0.01
+
+    c.epoch_mode = "auto"  # loop: one jitted step per batch; scan: one dispatch per epoch
+    c.scan_unroll = 1
+    c.checkpoints_to_keep = 2
+    return c
+
+
+def load_config_file(path: str | Path) -> ml_collections.ConfigDict:
+    """Calls `get_config()` of the Python file at `path`."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} not found; model configs: "
+                          f"{', '.join(sorted(p.stem for p in CONFIG_DIR.glob('*.py')))}")
+    spec = importlib.util.spec_from_file_location(f"fmnist_config_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config()
+
+
+def model_config_path(model: str) -> Path:
+    path = CONFIG_DIR / f"{model}.py"
+    if model not in MODELS or not path.is_file():
+        raise ConfigError(f"unknown model {model!r}; valid models: {', '.join(MODELS)}")
+    return path
+
+
+def flatten(config: ml_collections.ConfigDict, prefix: str = "") -> dict[str, Any]:
+    """`{'optimizer.learning_rate': 0.001, ...}` for every leaf field."""
+    out = {}
+    for key, value in config.items():
+        if isinstance(value, ml_collections.ConfigDict):
+            out.update(flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def _parse_value(field: str, text: str, current: Any) -> Any:
+    """`text` converted to the type of the field's current value."""
+    try:
+        if isinstance(current, bool):
+            if text.lower() not in ("true", "false", "1", "0"):
+                raise ValueError(text)
+            return text.lower() in ("true", "1")
+        if isinstance(current, int):
+            return int(text)
+        if isinstance(current, float):
+            return float(text)
+        if isinstance(current, (tuple, list)):
+            value = ast.literal_eval(text if text.strip().startswith(("(", "[")) else f"({text},)")
+            return tuple(value)
+        return text
+    except (ValueError, SyntaxError):
+        raise ConfigError(f"--config.{field}={text!r} is not a valid {type(current).__name__} "
+                          f"(current value {current!r})") from None
+
+
+def apply_override(config: ml_collections.ConfigDict, field: str, text: str) -> None:
+    """Sets the dotted `field` from its command-line text, or names the closest valid field."""
+    fields = flatten(config)
+    if field not in fields:
+        close = difflib.get_close_matches(field, list(fields), n=1)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        raise ConfigError(f"unknown config field {field!r}; {hint}see --help for the valid fields")
+    *parents, leaf = field.split(".")
+    node = config
+    for parent in parents:
+        node = node[parent]
+    with node.ignore_type():
+        node[leaf] = _parse_value(field, text, fields[field])
+
+
+def _require(ok: bool, message: str) -> None:
+    if not ok:
+        raise ConfigError(message)
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+    """Rejects values no run could use, naming the field and the valid range."""
+    _require(config.model.name in MODELS,
+             f"unknown model {config.model.name!r}; valid models: {', '.join(MODELS)}")
+    for field in ("epochs", "batch_size", "eval_batch_size", "num_seeds"):
+        _require(config[field] > 0, f"config.{field} must be positive, got {config[field]}")
+    _require(config.optimizer.learning_rate > 0,
+             f"config.optimizer.learning_rate must be positive, got {config.optimizer.learning_rate}")
+    _require(0 < config.data.val_fraction < 1,
+             f"config.data.val_fraction must lie in (0, 1), got {config.data.val_fraction}")
+    _require(config.data.train_limit >= 0, "config.data.train_limit must be >= 0 (0 = all)")
+    _require(0 <= config.label_smoothing < 1, "config.label_smoothing must lie in [0, 1)")
+    _require(config.early_stopping_patience >= 0, "config.early_stopping_patience must be >= 0")
+    _require(config.optimizer.name in OPTIMIZERS,
+             f"unknown optimizer {config.optimizer.name!r}; valid: {', '.join(OPTIMIZERS)}")
+    _require(config.schedule.name in SCHEDULES,
+             f"unknown schedule {config.schedule.name!r}; valid: {', '.join(SCHEDULES)}")
+    _require(config.schedule.plateau_metric in ("val_accuracy", "val_loss"),
+             "config.schedule.plateau_metric must be val_accuracy or val_loss")
+    _require(config.epoch_mode in EPOCH_MODES,
+             f"unknown epoch_mode {config.epoch_mode!r}; valid: {', '.join(EPOCH_MODES)}")
+    _require(config.checkpoints_to_keep >= 1, "config.checkpoints_to_keep must be >= 1")

@@ -1,0 +1,411 @@
+"""A training run: data, model and state, the epoch loop, checkpoints, logs and the final summary.
+
+The workdir holds `config.json` (the resolved config, written at start), `metrics.jsonl` (one line
+per epoch), `checkpoints/` (orbax) and, at the end, `summary.json`. Running again with the same
+workdir resumes from the latest checkpoint and ends where an uninterrupted run would.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import tqdm
+
+from fmnist_jax import config as config_lib
+from fmnist_jax import data, metrics, optim
+from fmnist_jax import train as train_lib
+from fmnist_jax.checkpointing import Checkpoints
+from fmnist_jax.errors import CheckpointError, ConfigError, TrainingDiverged, UserError
+from fmnist_jax.models import create_model, param_count
+
+# Fields that may change between a run and its resumption; any other change is refused.
+RESUMABLE_CHANGES = ("epochs", "data.dir", "checkpoints_to_keep")
+PROGRESS_EVERY = 25  # steps between reads of the running loss for the progress bar
+
+
+@dataclasses.dataclass(frozen=True)
+class Components:
+    """What the config builds before any data is touched."""
+
+    model: Any
+    schedule: optax.Schedule
+    tx: optax.GradientTransformation
+    plateau: optax.GradientTransformationExtraArgs
+
+
+def build(config: ml_collections.ConfigDict, num_train: int) -> Components:
+    steps_per_epoch = num_train // config.batch_size
+    schedule = optim.make_schedule(config, steps_per_epoch)
+    return Components(create_model(config.model), schedule,
+                      optim.make_optimizer(config, schedule), optim.make_plateau(config))
+
+
+def seeds_of(config: ml_collections.ConfigDict) -> list[int]:
+    return list(range(config.seed, config.seed + config.num_seeds))
+
+
+def initial_states(config: ml_collections.ConfigDict, parts: Components) -> train_lib.TrainState:
+    keys = train_lib.stacked_keys(seeds_of(config))
+    states = jax.jit(lambda k: train_lib.create_states(parts.model, parts.tx, parts.plateau, k))(
+        keys["init"])
+    # jit may hand one buffer to equal outputs (params and best_params); donation needs distinct ones.
+    return jax.tree.map(lambda x: x.copy(), states)
+
+
+def environment() -> dict[str, Any]:
+    """The device and library versions, stored with every claim a run makes."""
+    import flax  # pylint: disable=import-outside-toplevel
+    import orbax.checkpoint  # pylint: disable=import-outside-toplevel
+    device = jax.devices()[0]
+    return {"platform": device.platform, "device_kind": device.device_kind,
+            "device_count": jax.device_count(), "process_count": jax.process_count(),
+            "versions": {"jax": jax.__version__, "jaxlib": jax.lib.__version__,
+                         "flax": flax.__version__, "optax": optax.__version__,
+                         "orbax-checkpoint": orbax.checkpoint.__version__,
+                         "numpy": np.__version__, "python": sys.version.split()[0]}}
+
+
+def config_to_json(config: ml_collections.ConfigDict) -> dict[str, Any]:
+    return json.loads(config.to_json())
+
+
+def ensure_writable(workdir: Path) -> None:
+    """Creates the workdir and writes a probe, so a bad path fails before any training."""
+    try:
+        workdir.mkdir(parents=True, exist_ok=True)
+        probe = workdir / ".write-probe"
+        probe.write_bytes(b"\0" * (1 << 20))
+        probe.unlink()
+    except OSError as e:
+        raise UserError(f"workdir {workdir} is not writable ({e.strerror}); "
+                        f"choose another --workdir or free some space") from None
+
+
+def check_resumable(stored: dict[str, Any], config: ml_collections.ConfigDict,
+                    workdir: Path) -> None:
+    """Refuses to resume a checkpoint of another model or config, naming the difference."""
+    old = config_lib.flatten(ml_collections.ConfigDict(stored))
+    new = config_lib.flatten(ml_collections.ConfigDict(config_to_json(config)))
+    if old.get("model.name") != new["model.name"]:
+        raise CheckpointError(
+            f"workdir {workdir} holds a checkpoint of model {old.get('model.name')!r}, not "
+            f"{new['model.name']!r}; use another --workdir")
+    changed = [f"{k} ({old.get(k)!r} -> {new.get(k)!r})" for k in sorted(set(old) | set(new))
+               if k not in RESUMABLE_CHANGES and old.get(k) != new.get(k)]
+    if changed:
+        raise CheckpointError(f"workdir {workdir} was trained with another config: "
+                              f"{'; '.join(changed)}; use another --workdir or the same settings")
+
+
+class Interrupt:
+    """Turns the first Ctrl-C into a flag checked after each step; a second one stops at once."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = None
+
+    def __enter__(self) -> Interrupt:
+        self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        signal.signal(signal.SIGINT, self._previous)
+
+    def _handle(self, signum, frame) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        print("\nInterrupt received: stopping after this step and saving a checkpoint "
+              "(Ctrl-C again to stop at once)", file=sys.stderr)
+
+
+@dataclasses.dataclass
+class Position:
+    """Where the run stands: completed epochs, steps done in the current one, and its sums."""
+
+    epoch: int = 0
+    step_in_epoch: int = 0
+    partial: dict[str, list] | None = None
+
+
+def _stats(values: np.ndarray) -> dict[str, Any]:
+    """A metric as the mean over members, with each member's value and the std when several."""
+    values = np.asarray(values, np.float64)
+    if values.size == 1:
+        return {"": float(values[0])}
+    return {"": float(values.mean()), "_std": float(values.std(ddof=1)),
+            "_members": [float(v) for v in values]}
+
+
+def epoch_record(epoch: int, train: dict, val: dict, lr: np.ndarray, active: np.ndarray,
+                 seconds: float, train_seconds: float, images: int) -> dict[str, Any]:
+    """One line of metrics.jsonl: member means (and per-member values and std with several)."""
+    record: dict[str, Any] = {"epoch": epoch}
+    for name, values in (("train_loss", train["loss"]), ("train_accuracy", train["accuracy"]),
+                         ("val_loss", val["loss"]), ("val_accuracy", val["accuracy"]),
+                         ("learning_rate", lr)):
+        record.update({name + suffix: v for suffix, v in _stats(values).items()})
+    record.update({"active_members": int(active.sum()), "seconds": seconds,
+                   "train_seconds": train_seconds, "images_per_second": images / train_seconds})
+    return record
+
+
+def _truncate_metrics(workdir: Path, completed_epochs: int) -> None:
+    """Drops lines of epochs after the checkpoint a resumed run starts from."""
+    kept = [r for r in read_history(workdir) if r["epoch"] <= completed_epochs]
+    (workdir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in kept))
+
+
+def _format_epoch(r: dict[str, Any], epochs: int) -> str:
+    return (f"epoch {r['epoch']:>3}/{epochs}  train loss {r['train_loss']:.4f} "
+            f"acc {r['train_accuracy']:.2%}  val loss {r['val_loss']:.4f} "
+            f"acc {r['val_accuracy']:.2%}  lr {r['learning_rate']:.2e}  "
+            f"{r['seconds']:.1f}s  {r['images_per_second']:,.0f} img/s")
+
+
+class Trainer:
+    """Runs the epochs of one workdir's run, all members at once."""
+
+    def __init__(self, config: ml_collections.ConfigDict, workdir: Path, dataset: data.Dataset,
+                 parts: Components, quiet: bool):
+        self.config, self.workdir, self.dataset, self.parts, self.quiet = (
+            config, workdir, dataset, parts, quiet)
+        self.num_members = config.num_seeds
+        self.keys = train_lib.stacked_keys(seeds_of(config))
+        self.num_train = len(dataset.train)
+        self.steps_per_epoch = self.num_train // config.batch_size
+        self.images = jax.device_put(dataset.train.images)
+        self.labels = jax.device_put(dataset.train.labels)
+        self.val_images = jax.device_put(dataset.val.images)
+        self.val_labels = jax.device_put(dataset.val.labels)
+        self.mode = config.epoch_mode
+        if self.mode == "auto":  # XLA:CPU runs conv gradients slowly inside a scan body
+            self.mode = "loop" if jax.default_backend() == "cpu" else "scan"
+        step = train_lib.make_train_step(dataset.mean, dataset.std, config.label_smoothing)
+        self.span = train_lib.make_train_span(step, self.num_members, config.scan_unroll)
+        self.predict = train_lib.make_predict(parts.model, dataset.mean, dataset.std,
+                                              config.eval_batch_size)
+        self.end_of_epoch = train_lib.make_end_of_epoch(
+            parts.plateau, config.schedule.name == "plateau",
+            config.schedule.plateau_metric == "val_loss", config.early_stopping_patience)
+        self.compiled = None
+        self.compile_seconds = 0.0
+
+    def compile(self, states, acc) -> None:
+        """Compiles the train span ahead of time, timing compilation apart from training."""
+        length = 1 if self.mode == "loop" else self.steps_per_epoch
+        perms = train_lib.epoch_permutations(self.keys["data"], 0, self.num_train,
+                                             self.config.batch_size)
+        start = time.perf_counter()
+        self.compiled = self.span.lower(states, acc, self.images, self.labels, perms, 0, 0,
+                                        self.keys["dropout"], length=length).compile()
+        self.compile_seconds = time.perf_counter() - start
+
+    def learning_rates(self, states) -> np.ndarray:
+        steps = np.maximum(np.asarray(states.step) - 1, 0)
+        base = np.array([float(self.parts.schedule(int(s))) for s in steps])
+        return base * np.asarray(states.plateau.scale)
+
+    def evaluate(self, params, batch_stats, images, labels) -> tuple[np.ndarray, dict]:
+        logits = self.predict(params, batch_stats, images)
+        sums = train_lib.to_host(train_lib.evaluation_sums(logits, labels))
+        return logits, metrics.means(sums)
+
+    def check_finite(self, acc: dict, epoch: int, states, ckpts: Checkpoints) -> None:
+        bad = np.asarray(acc["nonfinite_step"])
+        if (bad >= 0).any():
+            member = int(np.argmax(bad >= 0))
+            step = int(bad[member])
+            kept = ckpts.steps()[-1] if ckpts.steps() else None
+            raise TrainingDiverged(
+                f"the training loss became NaN or infinite at epoch {epoch + 1}, step "
+                f"{step - epoch * self.steps_per_epoch + 1} (global step {step + 1}, seed "
+                f"{self.config.seed + member}, learning rate "
+                f"{self.learning_rates(states)[member]:.3g}); nothing was saved from this epoch "
+                f"(latest good checkpoint: {kept}); lower --learning-rate or set "
+                f"--config.optimizer.grad_clip_norm")
+
+    def run_epoch(self, states, acc, position: Position, interrupt: Interrupt, ckpts):
+        """Trains from `position` to the end of its epoch, or until interrupted."""
+        epoch = position.epoch
+        perms = train_lib.epoch_permutations(self.keys["data"], epoch, self.num_train,
+                                             self.config.batch_size)
+        first_global = epoch * self.steps_per_epoch
+        if self.mode == "scan":
+            states, acc = self.compiled(states, acc, self.images, self.labels, perms, 0,
+                                        first_global, self.keys["dropout"])
+            return states, acc, self.steps_per_epoch
+        bar = tqdm.tqdm(total=self.steps_per_epoch, initial=position.step_in_epoch,
+                        desc=f"epoch {epoch + 1}/{self.config.epochs}", leave=False,
+                        disable=self.quiet or not sys.stderr.isatty(), dynamic_ncols=True)
+        with bar:
+            for i in range(position.step_in_epoch, self.steps_per_epoch):
+                states, acc = self.compiled(states, acc, self.images, self.labels, perms, i,
+                                            first_global + i, self.keys["dropout"])
+                bar.update()
+                if (i + 1) % PROGRESS_EVERY == 0 or interrupt.requested:
+                    host = train_lib.to_host(acc)
+                    self.check_finite(host, epoch, states, ckpts)
+                    m = metrics.means(host)
+                    bar.set_postfix(loss=f"{m['loss'].mean():.4f}",
+                                    acc=f"{m['accuracy'].mean():.2%}")
+                if interrupt.requested:
+                    return states, acc, i + 1
+        return states, acc, self.steps_per_epoch
+
+
+def _meta(config, dataset, environment_info, num_params) -> dict[str, Any]:
+    return {"format": 1, "model": config.model.name, "config": config_to_json(config),
+            "class_names": list(dataset.class_names), "param_count": num_params,
+            "seeds": seeds_of(config),
+            "data": {"mean": dataset.mean, "std": dataset.std, "source": dataset.source,
+                     "train_size": len(dataset.train), "val_size": len(dataset.val),
+                     "test_size": len(dataset.test)},
+            "environment": environment_info}
+
+
+def _print(quiet: bool, *args) -> None:
+    if not quiet:
+        print(*args, flush=True)
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path, *,
+                       quiet: bool = False, command: str = "") -> dict[str, Any]:
+    """Trains (or resumes) the run in `workdir`, then tests its best parameters; the summary."""
+    config_lib.validate(config)
+    workdir = Path(workdir)
+    ensure_writable(workdir)
+    dataset = data.load(config.data.dir or None, config.data.val_fraction, config.data.split_seed,
+                        config.data.train_limit)
+    if config.batch_size > len(dataset.train):
+        raise ConfigError(f"batch size {config.batch_size} exceeds the {len(dataset.train)} "
+                          f"training images; lower --batch-size")
+    parts = build(config, len(dataset.train))
+    states = initial_states(config, parts)
+    num_params = param_count(jax.tree.map(lambda x: x[0], states.params))
+    env = environment()
+    meta = _meta(config, dataset, env, num_params)
+    meta["command"] = command
+    (workdir / "config.json").write_text(json.dumps(meta, indent=2) + "\n")
+    trainer = Trainer(config, workdir, dataset, parts, quiet)
+    _print(quiet, f"model {config.model.name}: {num_params:,} parameters | seeds "
+                  f"{seeds_of(config)} | {env['device_count']} x {env['device_kind']} "
+                  f"({env['platform']}) | data {dataset.source}: {len(dataset.train)} train, "
+                  f"{len(dataset.val)} val, {len(dataset.test)} test | {trainer.mode} mode | "
+                  f"workdir {workdir}")
+    with Checkpoints(workdir, config.checkpoints_to_keep) as ckpts:
+        states, position = _resume(ckpts, config, workdir, states, quiet)
+        acc = train_lib.init_accumulator(config.num_seeds)
+        if position.partial:
+            acc = jax.tree.map(jnp.asarray, {k: np.asarray(v, acc[k].dtype)
+                                             for k, v in position.partial.items()})
+        trainer.compile(states, acc)
+        _print(quiet, f"compiled the train step in {trainer.compile_seconds:.1f}s")
+        states = _epochs(trainer, ckpts, states, acc, position, meta)
+    return _finish(trainer, states, meta, workdir, quiet)
+
+
+def _resume(ckpts: Checkpoints, config, workdir: Path, states, quiet: bool):
+    if not ckpts.steps():
+        return states, Position()
+    step, stored = ckpts.restore_meta()
+    check_resumable(stored["config"], config, workdir)
+    states = ckpts.restore_state(step, states)
+    position = Position(**stored["position"])
+    _truncate_metrics(workdir, position.epoch)
+    _print(quiet, f"resumed from checkpoint step {step}: epoch {position.epoch}, "
+                  f"step {position.step_in_epoch} of the next")
+    return states, position
+
+
+def _epochs(trainer: Trainer, ckpts: Checkpoints, states, acc, position: Position, meta):
+    config, workdir = trainer.config, trainer.workdir
+    with Interrupt() as interrupt:
+        while position.epoch < config.epochs and np.asarray(states.active).any():
+            start = time.perf_counter()
+            states, acc, done = trainer.run_epoch(states, acc, position, interrupt, ckpts)
+            host = train_lib.to_host(acc)
+            trainer.check_finite(host, position.epoch, states, ckpts)
+            global_step = position.epoch * trainer.steps_per_epoch + done
+            if done < trainer.steps_per_epoch:  # interrupted inside the epoch
+                position = Position(position.epoch, done, {k: v.tolist() for k, v in host.items()})
+                ckpts.save(global_step, states, meta | {"position": dataclasses.asdict(position)})
+                ckpts.wait()
+                raise KeyboardInterrupt(f"saved checkpoint step {global_step}")
+            train_seconds = time.perf_counter() - start
+            images = int(host["count"].sum())
+            _, val = trainer.evaluate(states.params, states.batch_stats, trainer.val_images,
+                                      trainer.val_labels)
+            active = np.asarray(states.active)
+            lr = trainer.learning_rates(states)
+            states = trainer.end_of_epoch(states, jnp.asarray(val["accuracy"], jnp.float32),
+                                          jnp.asarray(val["loss"], jnp.float32),
+                                          position.epoch + 1)
+            position = Position(position.epoch + 1)
+            ckpts.save(global_step, states, meta | {"position": dataclasses.asdict(position)})
+            record = epoch_record(position.epoch, metrics.means(host), val, lr, active,
+                                  time.perf_counter() - start, train_seconds, images)
+            with open(workdir / "metrics.jsonl", "a") as f:
+                f.write(json.dumps(record) + "\n")
+            _print(trainer.quiet, _format_epoch(record, config.epochs))
+            acc = train_lib.init_accumulator(config.num_seeds)
+            if interrupt.requested:
+                ckpts.wait()
+                raise KeyboardInterrupt(f"saved checkpoint step {global_step}")
+    return states
+
+
+def read_history(workdir: Path) -> list[dict[str, Any]]:
+    """The records of metrics.jsonl, one per completed epoch."""
+    path = Path(workdir) / "metrics.jsonl"
+    return [json.loads(l) for l in path.read_text().splitlines() if l.strip()] if path.exists() else []
+
+
+def _finish(trainer: Trainer, states, meta, workdir: Path, quiet: bool) -> dict:
+    """Tests the best parameters of every member (and their ensemble); writes summary.json."""
+    test = trainer.dataset.test
+    logits, result = trainer.evaluate(states.best_params, states.best_batch_stats,
+                                      jax.device_put(test.images), jax.device_put(test.labels))
+    history = read_history(workdir)
+    summary = {
+        "model": meta["model"], "param_count": meta["param_count"], "seeds": meta["seeds"],
+        "epochs_completed": len(history),
+        "best_epoch": np.asarray(states.best_epoch).tolist(),
+        "best_val_accuracy": np.asarray(states.best_accuracy).tolist(),
+        "test_accuracy": result["accuracy"].tolist(), "test_loss": result["loss"].tolist(),
+        "test_accuracy_stats": metrics.describe(result["accuracy"]),
+        "compile_seconds": trainer.compile_seconds,
+        "train_seconds": float(sum(r["train_seconds"] for r in history)),
+        "seconds": float(sum(r["seconds"] for r in history)),
+        "images_per_second": float(np.median([r["images_per_second"] for r in history]))
+        if history else None,
+        "epoch_mode": trainer.mode, "environment": meta["environment"], "command": meta["command"],
+    }
+    if trainer.num_members > 1:
+        probs = metrics.ensemble_probabilities(np.asarray(logits))
+        labels = test.labels
+        summary["ensemble"] = {
+            "test_accuracy": float((probs.argmax(-1) == labels).mean()),
+            "test_loss": float(-np.log(probs[np.arange(len(labels)), labels] + 1e-12).mean())}
+    (workdir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    stats = summary["test_accuracy_stats"]
+    line = f"test accuracy of the best checkpoint: {stats['mean']:.2%}"
+    if trainer.num_members > 1:
+        line += (f" ± {stats['std']:.2%} (mean ± std over {stats['n']} seeds; min "
+                 f"{stats['min']:.2%}, max {stats['max']:.2%}); ensemble "
+                 f"{summary['ensemble']['test_accuracy']:.2%}")
+    print(line, flush=True)
+    _print(quiet, f"summary: {workdir / 'summary.json'}")
+    return summary

@@ -1,0 +1,224 @@
+"""The compiled parts of training: state, a pure train step, epochs, evaluation, N seeds at once.
+
+Every function here works on a *stacked* state: each leaf has a leading axis of one entry per seed
+(member). With one member the step runs unbatched; with more it is `jax.vmap`-ed, so N members
+train in one compiled program on one shared copy of the data, each with its own permutation.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax.training import train_state
+
+NUM_CLASSES = 10
+IMAGE_SHAPE = (28, 28, 1)
+Metrics = dict[str, jax.Array]
+
+
+class TrainState(train_state.TrainState):
+    """A member's parameters, optimizer state and the records early stopping and evaluation need."""
+
+    batch_stats: Any
+    plateau: Any  # optax reduce_on_plateau state; its scale multiplies every update
+    best_params: Any  # the parameters of the best validation accuracy so far
+    best_batch_stats: Any
+    best_accuracy: jax.Array
+    best_epoch: jax.Array
+    stale_epochs: jax.Array  # epochs since the validation accuracy last improved
+    active: jax.Array  # False once early stopping ended this member
+
+
+def member_keys(seed: int) -> dict[str, jax.Array]:
+    """The independent keys one seed fixes: initialisation, data order and dropout."""
+    init, data, dropout = jax.random.split(jax.random.key(seed), 3)
+    return {"init": init, "data": data, "dropout": dropout}
+
+
+def stacked_keys(seeds) -> dict[str, jax.Array]:
+    return jax.vmap(member_keys)(jnp.asarray(seeds))
+
+
+def create_state(model: nn.Module, tx: optax.GradientTransformation,
+                 plateau: optax.GradientTransformation, key: jax.Array) -> TrainState:
+    """One member's initial state."""
+    variables = model.init({"params": key, "dropout": key}, jnp.zeros((1, *IMAGE_SHAPE)),
+                           train=False)
+    params, batch_stats = variables["params"], variables.get("batch_stats", {})
+    return TrainState.create(
+        apply_fn=model.apply, params=params, tx=tx, batch_stats=batch_stats,
+        plateau=plateau.init(params), best_params=params, best_batch_stats=batch_stats,
+        best_accuracy=jnp.float32(-1.0), best_epoch=jnp.int32(0), stale_epochs=jnp.int32(0),
+        active=jnp.bool_(True))
+
+
+def create_states(model, tx, plateau, init_keys: jax.Array) -> TrainState:
+    """The stacked initial states of all members."""
+    return jax.vmap(functools.partial(create_state, model, tx, plateau))(init_keys)
+
+
+def normalize(images: jax.Array, mean: float, std: float) -> jax.Array:
+    return (images.astype(jnp.float32) / 255.0 - mean) / std
+
+
+def cross_entropy(logits: jax.Array, labels: jax.Array, label_smoothing: float = 0.0) -> jax.Array:
+    targets = jax.nn.one_hot(labels, logits.shape[-1])
+    if label_smoothing:
+        targets = optax.smooth_labels(targets, label_smoothing)
+    return optax.softmax_cross_entropy(logits, targets)
+
+
+def metric_sums(logits: jax.Array, labels: jax.Array, loss: jax.Array) -> Metrics:
+    """Sums and a count, so that means over any number of batches are exact."""
+    return {"loss": loss.sum(), "correct": (logits.argmax(-1) == labels).sum(),
+            "count": jnp.asarray(labels.shape[0], jnp.int32)}
+
+
+def make_train_step(mean: float, std: float, label_smoothing: float = 0.0):
+    """`train_step(state, batch, rng) -> (state, metrics)` for one member."""
+
+    def train_step(state: TrainState, batch: dict[str, jax.Array], rng: jax.Array):
+        x = normalize(batch["image"], mean, std)
+
+        def loss_fn(params):
+            logits, updates = state.apply_fn(
+                {"params": params, "batch_stats": state.batch_stats}, x, train=True,
+                rngs={"dropout": rng}, mutable=["batch_stats"])
+            loss = cross_entropy(logits, batch["label"], label_smoothing)
+            return loss.mean(), (logits, loss, updates)
+
+        grads, (logits, loss, updates) = jax.grad(loss_fn, has_aux=True)(state.params)
+        steps, opt_state = state.tx.update(grads, state.opt_state, state.params)
+        steps = jax.tree.map(lambda u: u * state.plateau.scale, steps)
+        state = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, steps),
+                              opt_state=opt_state,
+                              batch_stats=updates.get("batch_stats", state.batch_stats))
+        return state, metric_sums(logits, batch["label"], loss)
+
+    return train_step
+
+
+def init_accumulator(num_members: int) -> Metrics:
+    """Per-member epoch sums, and the first global step whose loss was not finite (or -1)."""
+    zeros = functools.partial(jnp.zeros, (num_members,), jnp.float32)  # distinct buffers to donate
+    return {"loss": zeros(), "correct": zeros(), "count": zeros(),
+            "nonfinite_step": jnp.full((num_members,), -1, jnp.int32)}
+
+
+def _member_update(train_step, state, acc, images, labels, index, dropout_key, global_step):
+    """One step of one member; a member stopped early keeps its state and adds nothing."""
+    batch = {"image": images[index], "label": labels[index]}
+    new_state, m = train_step(state, batch, jax.random.fold_in(dropout_key, global_step))
+    new_state = jax.tree.map(lambda n, o: jnp.where(state.active, n, o), new_state, state)
+    keep = state.active.astype(jnp.float32)
+    bad = state.active & ~jnp.isfinite(m["loss"]) & (acc["nonfinite_step"] < 0)
+    acc = {"loss": acc["loss"] + m["loss"] * keep, "correct": acc["correct"] + m["correct"] * keep,
+           "count": acc["count"] + m["count"] * keep,
+           "nonfinite_step": jnp.where(bad, global_step, acc["nonfinite_step"])}
+    return new_state, acc
+
+
+def make_train_span(train_step: Callable, num_members: int, unroll: int = 1):
+    """`span(states, acc, images, labels, perms, first, global_first, dropout_keys, length)`.
+
+    Runs `length` steps from position `first` of the epoch's permutations `perms` `[S, steps, B]`:
+    one step when `length` is 1 (the per-batch loop), else a `lax.scan` (one dispatch per epoch).
+    """
+    member = functools.partial(_member_update, train_step)
+    if num_members == 1:
+        def step_all(states, acc, images, labels, index, keys, global_step):
+            squeeze = functools.partial(jax.tree.map, lambda x: x[0])
+            state, a = member(squeeze(states), squeeze(acc), images, labels, index[0],
+                              keys[0], global_step)
+            expand = functools.partial(jax.tree.map, lambda x: x[None])
+            return expand(state), expand(a)
+    else:
+        step_all = jax.vmap(member, in_axes=(0, 0, None, None, 0, 0, None))
+
+    def span(states, acc, images, labels, perms, first, global_first, dropout_keys, length):
+        def body(carry, i):
+            index = jax.lax.dynamic_index_in_dim(perms, first + i, axis=1, keepdims=False)
+            return step_all(*carry, images, labels, index, dropout_keys, global_first + i), None
+
+        if length == 1:
+            return body((states, acc), 0)[0]
+        return jax.lax.scan(body, (states, acc), jnp.arange(length), unroll=unroll)[0]
+
+    return jax.jit(span, static_argnames="length", donate_argnums=(0, 1))
+
+
+@functools.partial(jax.jit, static_argnames=("num_train", "batch_size"))
+def epoch_permutations(data_keys: jax.Array, epoch: jax.Array, num_train: int,
+                       batch_size: int) -> jax.Array:
+    """Each member's shuffled batch indices for `epoch`, `[S, steps, B]`; the remainder is dropped."""
+    steps = num_train // batch_size
+
+    def member(key):
+        order = jax.random.permutation(jax.random.fold_in(key, epoch), num_train)
+        return order[:steps * batch_size].reshape(steps, batch_size)
+
+    return jax.vmap(member)(data_keys)
+
+
+def make_predict(model: nn.Module, mean: float, std: float, batch_size: int):
+    """`predict(params, batch_stats, images) -> logits [S, N, 10]` for stacked members.
+
+    The images are padded to whole batches, run through one compiled `lax.map`, and the padding's
+    logits dropped, so every image counts exactly once.
+    """
+
+    def member(params, batch_stats, images):
+        def forward(x):
+            return model.apply({"params": params, "batch_stats": batch_stats},
+                               normalize(x, mean, std), train=False)
+
+        n = images.shape[0]
+        padded = jnp.pad(images, ((0, -n % batch_size), (0, 0), (0, 0), (0, 0)))
+        logits = jax.lax.map(forward, padded.reshape(-1, batch_size, *IMAGE_SHAPE))
+        return logits.reshape(-1, logits.shape[-1])[:n].astype(jnp.float32)
+
+    return jax.jit(jax.vmap(member, in_axes=(0, 0, None)))
+
+
+@jax.jit
+def evaluation_sums(logits: jax.Array, labels: jax.Array) -> Metrics:
+    """Loss and correct-count sums per member for logits `[S, N, 10]`."""
+    return jax.vmap(lambda lg: metric_sums(lg, labels, cross_entropy(lg, labels)))(logits)
+
+
+def make_end_of_epoch(plateau: optax.GradientTransformationExtraArgs, use_plateau: bool,
+                      plateau_on_loss: bool, patience: int):
+    """`end(states, val_accuracy [S], val_loss [S], epoch) -> states`, per member.
+
+    Keeps the best parameters, counts stale epochs for early stopping, and feeds the validation
+    metric to reduce-on-plateau. A member already stopped is left as it is.
+    """
+
+    def member(state: TrainState, accuracy, loss, epoch):
+        improved = accuracy > state.best_accuracy
+        pick = functools.partial(jax.tree.map, lambda new, old: jnp.where(improved, new, old))
+        stale = jnp.where(improved, 0, state.stale_epochs + 1)
+        plateau_state = state.plateau
+        if use_plateau:
+            value = loss if plateau_on_loss else 1.0 - accuracy
+            _, plateau_state = plateau.update(updates=state.params, state=state.plateau, value=value)
+        new = state.replace(
+            best_params=pick(state.params, state.best_params),
+            best_batch_stats=pick(state.batch_stats, state.best_batch_stats),
+            best_accuracy=jnp.maximum(accuracy, state.best_accuracy),
+            best_epoch=jnp.where(improved, epoch, state.best_epoch), stale_epochs=stale,
+            plateau=plateau_state, active=(patience <= 0) | (stale < patience))
+        return jax.tree.map(lambda n, o: jnp.where(state.active, n, o), new, state)
+
+    return jax.jit(jax.vmap(member, in_axes=(0, 0, 0, None)), donate_argnums=0)
+
+
+def to_host(tree: Any) -> Any:
+    return jax.tree.map(np.asarray, jax.device_get(tree))

@@ -1,0 +1,33 @@
+"""Trains a model on Fashion-MNIST; run again with the same --workdir to resume.
+
+  python scripts/train.py --model=cnn --epochs=2
+  python scripts/train.py --config=configs/cnn_deep.py --config.optimizer.learning_rate=3e-3
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from fmnist_jax import cli  # noqa: E402  pylint: disable=wrong-import-position
+
+
+def main(argv) -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    cli.add_config_flags(parser)
+    parser.add_argument("--workdir", help="run folder (default: checkpoints/<model>-<timestamp>); "
+                                          "an existing one is resumed")
+    parser.add_argument("--quiet", action="store_true", help="print only the final result")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks of input errors")
+    args, rest = parser.parse_known_args(argv)
+    config = cli.resolve_config(parser, args, rest)
+    from fmnist_jax import run  # pylint: disable=import-outside-toplevel  # keeps --help fast
+    workdir = args.workdir or cli.default_workdir(config.model.name)
+    run.train_and_evaluate(config, workdir, quiet=args.quiet, command=cli.command_line())
+
+
+if __name__ == "__main__":
+    cli.main_guard(main)
