@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import scipy.stats
@@ -35,3 +36,120 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 def ensemble_probabilities(member_logits: np.ndarray) -> np.ndarray:
     """The average of the members' softmax probabilities: `[S, N, C] -> [N, C]`."""
     return softmax(np.asarray(member_logits, np.float64)).mean(0)
+
+
+# Classification metrics: pure numpy, on labels `[N]` and class probabilities `[N, C]`.
+# Undefined ratios (a class never predicted, a class absent from the labels) count as 0, as
+# scikit-learn's `zero_division=0` does; macro averages weigh all C classes equally.
+
+
+def _ratio(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
+    """`numerator / denominator`, and 0 where the denominator is 0."""
+    numerator = np.asarray(numerator, np.float64)
+    denominator = np.asarray(denominator, np.float64)
+    return np.divide(numerator, denominator, out=np.zeros_like(numerator),
+                     where=denominator != 0)
+
+
+def confusion_matrix(labels: np.ndarray, predictions: np.ndarray, num_classes: int) -> np.ndarray:
+    """Counts `[C, C]`: row = true class, column = predicted class."""
+    labels = np.asarray(labels, np.int64)
+    predictions = np.asarray(predictions, np.int64)
+    cells = np.bincount(labels * num_classes + predictions, minlength=num_classes * num_classes)
+    return cells.reshape(num_classes, num_classes)
+
+
+def per_class_scores(confusion: np.ndarray) -> dict[str, np.ndarray]:
+    """Precision, recall, F1, support and per-class accuracy `[C]` from a confusion matrix.
+
+    Per-class accuracy is the fraction of a class's examples predicted correctly (what the seed
+    projects report as per-class accuracy; it equals recall).
+    """
+    confusion = np.asarray(confusion, np.int64)
+    true_positive = np.diag(confusion)
+    support = confusion.sum(1)
+    predicted = confusion.sum(0)
+    precision = _ratio(true_positive, predicted)
+    recall = _ratio(true_positive, support)
+    f1 = _ratio(2 * true_positive, support + predicted)
+    return {"precision": precision, "recall": recall, "f1": f1, "support": support,
+            "accuracy": recall}
+
+
+def averaged_scores(scores: Mapping[str, np.ndarray]) -> dict[str, dict[str, float]]:
+    """Macro (each class alike) and support-weighted means of precision, recall and F1."""
+    weights = np.asarray(scores["support"], np.float64)
+    weights = weights / max(weights.sum(), 1.0)
+    names = ("precision", "recall", "f1")
+    return {"macro": {n: float(np.mean(scores[n])) for n in names},
+            "weighted": {n: float(np.sum(scores[n] * weights)) for n in names}}
+
+
+def top_k_accuracy(probabilities: np.ndarray, labels: np.ndarray, k: int) -> float:
+    """The share of examples whose true class is among the `k` most probable (ties: lower first)."""
+    probabilities = np.asarray(probabilities)
+    top = np.argsort(-probabilities, axis=-1, kind="stable")[:, :k]
+    return float((top == np.asarray(labels)[:, None]).any(-1).mean())
+
+
+def mean_log_loss(probabilities: np.ndarray, labels: np.ndarray) -> float:
+    """Mean negative log-probability of the true class (cross-entropy of the probabilities)."""
+    p = np.asarray(probabilities, np.float64)[np.arange(len(labels)), labels]
+    return float(-np.log(np.maximum(p, np.finfo(np.float64).tiny)).mean())
+
+
+def expected_calibration_error(probabilities: np.ndarray, labels: np.ndarray,
+                               num_bins: int = 15) -> float:
+    """ECE: the example-weighted mean |accuracy - confidence| over equal-width confidence bins.
+
+    Confidence is the top probability; bins are `(i/B, (i+1)/B]`.
+    """
+    probabilities = np.asarray(probabilities, np.float64)
+    confidence = probabilities.max(-1)
+    correct = probabilities.argmax(-1) == np.asarray(labels)
+    bins = np.clip(np.ceil(confidence * num_bins).astype(np.int64) - 1, 0, num_bins - 1)
+    count = np.bincount(bins, minlength=num_bins)
+    gap = np.abs(np.bincount(bins, correct, num_bins) - np.bincount(bins, confidence, num_bins))
+    return float(gap.sum() / max(count.sum(), 1))
+
+
+def most_confused_pairs(confusion: np.ndarray, k: int = 5,
+                        class_names: Sequence[str] | None = None) -> list[dict[str, Any]]:
+    """The `k` class pairs `a < b` most often mistaken for each other, both directions summed.
+
+    Each entry: `a`, `b`, `count` (= `a_as_b` + `b_as_a`), and their names as `classes` when
+    `class_names` is given; ties are broken by class index, and pairs never confused are left out.
+    """
+    confusion = np.asarray(confusion, np.int64)
+    a, b = np.triu_indices(len(confusion), k=1)
+    forward, backward = confusion[a, b], confusion[b, a]
+    order = np.argsort(-(forward + backward), kind="stable")[:k]
+    pairs = []
+    for i in order:
+        if forward[i] + backward[i] == 0:
+            break
+        pair = {"a": int(a[i]), "b": int(b[i]), "count": int(forward[i] + backward[i]),
+                "a_as_b": int(forward[i]), "b_as_a": int(backward[i])}
+        if class_names:
+            pair["classes"] = [class_names[a[i]], class_names[b[i]]]
+        pairs.append(pair)
+    return pairs
+
+
+def classification_summary(probabilities: np.ndarray, labels: np.ndarray,
+                           class_names: Sequence[str]) -> dict[str, Any]:
+    """Every metric of one predictor as JSON-ready values; the prediction is the top probability."""
+    probabilities = np.asarray(probabilities, np.float64)
+    labels = np.asarray(labels, np.int64)
+    confusion = confusion_matrix(labels, probabilities.argmax(-1), len(class_names))
+    scores = per_class_scores(confusion)
+    per_class = {name: {key: scores[key][i].item() for key in scores}
+                 for i, name in enumerate(class_names)}
+    return {"num_examples": int(len(labels)),
+            "accuracy": float(np.trace(confusion) / max(len(labels), 1)),
+            "loss": mean_log_loss(probabilities, labels),
+            "top2_accuracy": top_k_accuracy(probabilities, labels, 2),
+            "ece": expected_calibration_error(probabilities, labels),
+            **averaged_scores(scores), "per_class": per_class,
+            "confusion_matrix": confusion.tolist(),
+            "most_confused": most_confused_pairs(confusion, class_names=class_names)}

@@ -1,0 +1,318 @@
+"""Evaluating a workdir: restore its model, predict a split, write metrics, predictions, plots.
+
+`load_workdir` is the one way to rebuild a trained model from what its workdir stored; evaluation,
+prediction and the reliability checks all go through it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import logging
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import flax.linen as nn
+import jax
+import ml_collections
+import numpy as np
+
+from fmnist_jax import data, metrics, plots, report, run
+from fmnist_jax import train as train_lib
+from fmnist_jax.checkpointing import Checkpoints
+from fmnist_jax.errors import CheckpointError, UserError
+from fmnist_jax.models import create_model
+
+CHECKPOINTS = ("best", "latest")
+SPLITS = ("test", "val")
+SCALARS = ("accuracy", "loss", "top2_accuracy", "ece")
+AVERAGES = ("macro", "weighted")
+CLASS_SCORES = ("precision", "recall", "f1", "accuracy")
+
+
+@dataclasses.dataclass(frozen=True)
+class Restored:
+    """A workdir's model with the weights chosen for evaluation; every member stacked on axis 0."""
+
+    workdir: Path
+    model: nn.Module
+    config: ml_collections.ConfigDict
+    meta: dict[str, Any]
+    step: int
+    checkpoint: str
+    params: Any
+    batch_stats: Any
+    epochs: list[int]  # per member: the epoch its weights come from
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(self.meta["class_names"])
+
+    @property
+    def seeds(self) -> list[int]:
+        return list(self.meta["seeds"])
+
+    def predictor(self):
+        """The jitted `predict(params, batch_stats, images) -> logits [S, N, C]`."""
+        stats = self.meta["data"]
+        return train_lib.make_predict(self.model, stats["mean"], stats["std"],
+                                      self.config.eval_batch_size)
+
+    def probabilities(self, images: np.ndarray) -> np.ndarray:
+        """Each member's class probabilities `[S, N, C]` (float64) for uint8 `[N, 28, 28, 1]`."""
+        logits = self.predictor()(self.params, self.batch_stats, images)
+        return metrics.softmax(np.asarray(logits, np.float64))
+
+
+def _tuples(value: Any) -> Any:
+    """JSON lists back to the tuples the configs use."""
+    if isinstance(value, dict):
+        return {k: _tuples(v) for k, v in value.items()}
+    return tuple(_tuples(v) for v in value) if isinstance(value, list) else value
+
+
+def config_from_meta(meta: dict[str, Any]) -> ml_collections.ConfigDict:
+    return ml_collections.ConfigDict(_tuples(meta["config"]))
+
+
+def _template(meta: dict[str, Any]) -> train_lib.TrainState:
+    """The abstract stacked state (shapes only, nothing computed) that `meta`'s run saves."""
+    config = config_from_meta(meta)
+    parts = run.build(config, meta["data"]["train_size"])
+    return jax.eval_shape(lambda: run.initial_states(config, parts))
+
+
+@contextlib.contextmanager
+def _quiet_absl():
+    """Hides orbax's warnings that a read-only manager is read-only."""
+    logger = logging.getLogger("absl")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def load_workdir(workdir: str | Path, checkpoint: str = "best") -> Restored:
+    """The model and weights of `workdir`'s latest checkpoint: each member's best or latest ones."""
+    workdir = Path(workdir)
+    if checkpoint not in CHECKPOINTS:
+        raise UserError(f"--checkpoint must be one of {', '.join(CHECKPOINTS)}, got {checkpoint!r}")
+    if not (workdir / "checkpoints").is_dir():
+        raise CheckpointError(f"{workdir} holds no checkpoints; train first with "
+                              f"scripts/train.py --workdir={workdir}")
+    with _quiet_absl(), Checkpoints(workdir, read_only=True) as ckpts:
+        step, state, meta = ckpts.restore(_template)
+    config = config_from_meta(meta)
+    if checkpoint == "best":
+        epochs = np.asarray(state.best_epoch).tolist()
+        if min(epochs) < 1:
+            raise CheckpointError(f"{workdir} has no completed epoch yet, so no best weights; "
+                                  f"use --checkpoint=latest or train longer")
+        params, batch_stats = state.best_params, state.best_batch_stats
+    else:
+        epochs = [meta["position"]["epoch"]] * len(meta["seeds"])
+        params, batch_stats = state.params, state.batch_stats
+    return Restored(workdir, create_model(config.model), config, meta, step, checkpoint, params,
+                    batch_stats, epochs)
+
+
+@dataclasses.dataclass(frozen=True)
+class Evaluation:
+    """A split's images and labels with every member's class probabilities `[S, N, C]`."""
+
+    restored: Restored
+    split: str
+    images: np.ndarray
+    labels: np.ndarray
+    member_probabilities: np.ndarray
+    compile_seconds: float
+    seconds: float
+
+    @property
+    def probabilities(self) -> np.ndarray:
+        """The predictor's probabilities `[N, C]`: the model's, or the members' mean (ensemble)."""
+        return self.member_probabilities.mean(0)
+
+
+def load_split(config: ml_collections.ConfigDict, split: str) -> data.Split:
+    """The split exactly as training drew it (same source, validation fraction and seed)."""
+    if split not in SPLITS:
+        raise UserError(f"--split must be one of {', '.join(SPLITS)}, got {split!r}")
+    dataset = data.load(config.data.dir or None, config.data.val_fraction,
+                        config.data.split_seed, config.data.train_limit)
+    return dataset.test if split == "test" else dataset.val
+
+
+def evaluate(restored: Restored, split: str = "test") -> Evaluation:
+    """Every member's probabilities on `split`, from one compiled pass; compile time kept apart."""
+    part = load_split(restored.config, split)
+    images = jax.device_put(part.images)
+    start = time.perf_counter()
+    compiled = restored.predictor().lower(restored.params, restored.batch_stats, images).compile()
+    compile_seconds = time.perf_counter() - start
+    start = time.perf_counter()
+    logits = jax.block_until_ready(compiled(restored.params, restored.batch_stats, images))
+    seconds = time.perf_counter() - start
+    probabilities = metrics.softmax(np.asarray(logits, np.float64))
+    return Evaluation(restored, split, part.images, part.labels, probabilities, compile_seconds,
+                      seconds)
+
+
+def across_members(members: Sequence[dict[str, Any]], class_names: Sequence[str]) -> dict:
+    """`metrics.describe` (mean, std, ...) over members of every scalar, average and class score."""
+    out: dict[str, Any] = {k: metrics.describe([m[k] for m in members]) for k in SCALARS}
+    for avg in AVERAGES:
+        out[avg] = {k: metrics.describe([m[avg][k] for m in members]) for k in members[0][avg]}
+    out["per_class"] = {name: {k: metrics.describe([m["per_class"][name][k] for m in members])
+                               for k in CLASS_SCORES} for name in class_names}
+    return out
+
+
+def training_record(workdir: Path) -> dict[str, Any]:
+    """How the run trained, from metrics.jsonl: epochs, training seconds, median images/s."""
+    history = run.read_history(workdir)
+    if not history:
+        return {"epochs": 0, "train_seconds": None, "images_per_second": None}
+    return {"epochs": len(history),
+            "train_seconds": float(sum(r["train_seconds"] for r in history)),
+            "images_per_second": float(np.median([r["images_per_second"] for r in history]))}
+
+
+def summarize(evaluation: Evaluation) -> dict[str, Any]:
+    """The content of metrics.json: the predictor's metrics, and per member when several."""
+    restored = evaluation.restored
+    names = restored.class_names
+    num_members = len(restored.seeds)
+    n = len(evaluation.labels)
+    summary = {
+        "model": restored.meta["model"], "workdir": str(restored.workdir.resolve()),
+        "split": evaluation.split, "checkpoint": restored.checkpoint, "step": restored.step,
+        "epochs": restored.epochs, "seeds": restored.seeds,
+        "param_count": restored.meta["param_count"], "class_names": names,
+        "predictor": "ensemble" if num_members > 1 else "model",
+        **metrics.classification_summary(evaluation.probabilities, evaluation.labels, names),
+        "evaluation": {"compile_seconds": evaluation.compile_seconds,
+                       "seconds": evaluation.seconds,
+                       "images_per_second": n / max(evaluation.seconds, 1e-9),
+                       "platform": jax.default_backend()},
+        "training": training_record(restored.workdir),
+    }
+    if num_members > 1:
+        members = [{"seed": seed, "epoch": epoch,
+                    **metrics.classification_summary(p, evaluation.labels, names)}
+                   for seed, epoch, p in zip(restored.seeds, restored.epochs,
+                                             evaluation.member_probabilities)]
+        summary["across_members"] = across_members(members, names)
+        summary["members"] = members
+    return summary
+
+
+def write_predictions(path: Path, probabilities: np.ndarray, labels: np.ndarray,
+                      class_names: Sequence[str]) -> None:
+    """One row per example: index, true and predicted label (number and name), probabilities."""
+    predicted = probabilities.argmax(-1)
+    header = ["index", "label", "label_name", "predicted", "predicted_name",
+              *[f"prob_{name}" for name in class_names]]
+    lines = [",".join(header)]
+    for i, (label, guess, row) in enumerate(zip(labels, predicted, probabilities)):
+        probs = ",".join(f"{p:.8g}" for p in row)
+        lines.append(f"{i},{label},{class_names[label]},{guess},{class_names[guess]},{probs}")
+    path.write_text("\n".join(lines) + "\n")
+
+
+def default_output_dir(workdir: str | Path, split: str) -> Path:
+    return Path(workdir) / f"eval-{split}"
+
+
+def write_outputs(evaluation: Evaluation, summary: dict[str, Any], out: Path) -> list[Path]:
+    """metrics.json, predictions CSV(s), the figures and report.md in `out`; the paths written."""
+    out.mkdir(parents=True, exist_ok=True)
+    names = evaluation.restored.class_names
+    written = [out / "metrics.json", out / "predictions.csv"]
+    written[0].write_text(json.dumps(summary, indent=2) + "\n")
+    write_predictions(written[1], evaluation.probabilities, evaluation.labels, names)
+    if len(evaluation.member_probabilities) > 1:
+        for seed, probs in zip(evaluation.restored.seeds, evaluation.member_probabilities):
+            written.append(out / f"predictions-seed{seed}.csv")
+            write_predictions(written[-1], probs, evaluation.labels, names)
+    figures = plots.evaluation_figures(evaluation.images, evaluation.labels,
+                                       evaluation.probabilities, summary,
+                                       run.read_history(evaluation.restored.workdir), out)
+    written += figures
+    written.append(out / "report.md")
+    written[-1].write_text(report.evaluation_report(summary, [f.name for f in figures]))
+    return written
+
+
+def find_metrics(path: str | Path, split: str = "test") -> Path:
+    """metrics.json of an evaluated workdir (in `eval-<split>/`) or of an evaluation folder."""
+    path = Path(path)
+    for candidate in (path / "metrics.json", default_output_dir(path, split) / "metrics.json"):
+        if candidate.is_file():
+            return candidate
+    raise UserError(f"{path} holds no evaluation of the {split} split; run "
+                    f"scripts/evaluate.py --workdir={path} --split={split} first")
+
+
+def load_summaries(paths: Sequence[str | Path], split: str = "test") -> list[dict[str, Any]]:
+    return [json.loads(find_metrics(p, split).read_text()) for p in paths]
+
+
+def _described(summary: dict[str, Any], *path: str) -> dict[str, Any]:
+    """A metric as `metrics.describe` over the members, or as one value for a single model."""
+    source = summary.get("across_members")
+    value = source if source else summary
+    for key in path:
+        value = value[key]
+    return value if source else {"mean": value, "std": 0.0, "n": 1}
+
+
+def model_labels(summaries: Sequence[dict[str, Any]]) -> list[str]:
+    """The model names (with the seed count), made unique with the workdir's name where needed."""
+    labels = [s["model"] + (f" ×{len(s['seeds'])}" if len(s["seeds"]) > 1 else "")
+              for s in summaries]
+    return [f"{label} ({Path(s['workdir']).name})" if labels.count(label) > 1 else label
+            for label, s in zip(labels, summaries)]
+
+
+def compare(summaries: Sequence[dict[str, Any]], hardest: int = 3) -> dict[str, Any]:
+    """The comparison of evaluated workdirs: one record per model, the hardest classes and pairs."""
+    names = summaries[0]["class_names"]
+    splits = {s["split"] for s in summaries}
+    if len(splits) > 1 or any(s["class_names"] != names for s in summaries):
+        raise UserError(f"the evaluations compare different splits or classes ({sorted(splits)}); "
+                        f"evaluate every workdir on the same --split")
+    models = [{"label": label, "model": s["model"], "workdir": s["workdir"], "seeds": s["seeds"],
+               "param_count": s["param_count"], "accuracy": _described(s, "accuracy"),
+               "ensemble_accuracy": s["accuracy"] if s["predictor"] == "ensemble" else None,
+               "loss": _described(s, "loss"), "macro_f1": _described(s, "macro", "f1"),
+               "per_class_f1": {n: _described(s, "per_class", n, "f1") for n in names},
+               **s["training"]}
+              for label, s in zip(model_labels(summaries), summaries)]
+    mean_f1 = np.array([[m["per_class_f1"][n]["mean"] for n in names] for m in models]).mean(0)
+    confusion = np.sum([s["confusion_matrix"] for s in summaries], axis=0)
+    return {"split": splits.pop(), "class_names": names, "models": models,
+            "hardest_classes": [{"class": names[i], "f1": float(mean_f1[i])}
+                                for i in np.argsort(mean_f1, kind="stable")[:hardest]],
+            "most_confused": metrics.most_confused_pairs(confusion, class_names=names)}
+
+
+def write_comparison(paths: Sequence[str | Path], output: Path, split: str = "test") -> str:
+    """compare.md (returned too), compare.json and the per-class F1 chart beside it."""
+    comparison = compare(load_summaries(paths, split))
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.with_suffix(".json").write_text(json.dumps(comparison, indent=2) + "\n")
+    models = comparison["models"]
+    names = comparison["class_names"]
+    f1, std = (np.array([[m["per_class_f1"][n][k] for n in names] for m in models])
+               for k in ("mean", "std"))
+    figure = plots.save(plots.comparison_figure([m["label"] for m in models], names, f1, std),
+                        output.with_name(output.stem + "_f1.png"))
+    markdown = report.comparison_report(comparison, figure.name)
+    output.write_text(markdown)
+    return markdown

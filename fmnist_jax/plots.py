@@ -1,0 +1,246 @@
+"""Figures of an evaluation and of a model comparison: PNGs drawn with matplotlib's Agg backend."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.ticker  # noqa: E402  pylint: disable=wrong-import-position
+import matplotlib.pyplot as plt  # noqa: E402  pylint: disable=wrong-import-position
+import numpy as np  # noqa: E402  pylint: disable=wrong-import-position
+
+DPI = 110
+RIGHT, WRONG, OTHER = "#2a9d4a", "#d62728", "#9e9e9e"
+MISTAKES_GRID = (4, 6)
+PROBABILITY_EXAMPLES = 4  # correct ones, and as many mistakes
+
+
+def save(fig: plt.Figure, path: Path) -> Path:
+    fig.savefig(path, dpi=DPI, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def describe(summary: dict[str, Any]) -> str:
+    """`cnn, test split` or `cnn ensemble of 5, test split`, for titles."""
+    members = len(summary["seeds"])
+    return (f"{summary['model']}{f' ensemble of {members}' if members > 1 else ''}, "
+            f"{summary['split']} split")
+
+
+def confusion_figure(confusion: np.ndarray, class_names: Sequence[str], normalize: bool,
+                     title: str) -> plt.Figure:
+    """The matrix as a heat map with the value in every cell; rows = true class."""
+    confusion = np.asarray(confusion, np.float64)
+    if normalize:
+        values = confusion / np.maximum(confusion.sum(1, keepdims=True), 1) * 100
+    else:
+        values = confusion
+    fig, ax = plt.subplots(figsize=(9.5, 8))
+    image = ax.imshow(values, cmap="Blues", vmin=0, vmax=100 if normalize else None)
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04,
+                 label="% of the true class" if normalize else "images")
+    threshold = values.max() / 2
+    for (row, col), value in np.ndenumerate(values):
+        text = f"{value:.1f}" if normalize else f"{int(value)}"
+        ax.text(col, row, text, ha="center", va="center", fontsize=9,
+                color="white" if value > threshold else "black")
+    ticks = np.arange(len(class_names))
+    ax.set_xticks(ticks, class_names, rotation=40, ha="right")
+    ax.set_yticks(ticks, class_names)
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("true class")
+    ax.set_title(title)
+    return fig
+
+
+def per_class_f1_figure(summary: dict[str, Any]) -> plt.Figure:
+    """F1 per class; with several members, also their mean ± std beside the ensemble's."""
+    names = summary["class_names"]
+    f1 = np.array([summary["per_class"][n]["f1"] for n in names])
+    label = "ensemble" if summary["predictor"] == "ensemble" else summary["model"]
+    series = [(label, f1, None)]
+    if "across_members" in summary:
+        stats = [summary["across_members"]["per_class"][n]["f1"] for n in names]
+        series.insert(0, (f"members (mean ± std, n={len(summary['seeds'])})",
+                          np.array([s["mean"] for s in stats]),
+                          np.array([s["std"] for s in stats])))
+    fig, ax = grouped_bars(names, series)
+    ax.set_ylabel("F1")
+    ax.set_title(f"Per-class F1: {describe(summary)} (macro F1 {summary['macro']['f1']:.3f})")
+    return fig
+
+
+def grouped_bars(categories: Sequence[str], series: Sequence[tuple[str, np.ndarray, Any]],
+                 ) -> tuple[plt.Figure, plt.Axes]:
+    """Bars per category, one colour per series `(label, values, std or None)`, values printed."""
+    fig, ax = plt.subplots(figsize=(min(16, 9 + 1.2 * len(series)), 5))
+    width = 0.8 / len(series)
+    x = np.arange(len(categories))
+    for i, (label, values, std) in enumerate(series):
+        bars = ax.bar(x + (i - (len(series) - 1) / 2) * width, values, width, yerr=std,
+                      capsize=2 if std is not None else 0, label=label)
+        if len(series) <= 2:
+            ax.bar_label(bars, fmt="%.2f", fontsize=7, padding=2)
+    ax.set_xticks(x, categories, rotation=30, ha="right")
+    low = min(float(np.min(v)) for _, v, _ in series)
+    ax.set_ylim(max(0.0, low - 0.1), 1.02)
+    ax.grid(axis="y", alpha=0.3)
+    if len(series) > 1:
+        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=min(len(series), 5),
+                  fontsize=9, frameon=False)
+    return fig, ax
+
+
+def _curve(ax: plt.Axes, history: Sequence[dict], key: str, label: str) -> None:
+    epochs = [r["epoch"] for r in history]
+    values = np.array([r[key] for r in history])
+    ax.plot(epochs, values, marker="o", markersize=4, label=label)
+    if f"{key}_std" in history[0]:
+        std = np.array([r[f"{key}_std"] for r in history])
+        ax.fill_between(epochs, values - std, values + std, alpha=0.2)
+
+
+def training_curves_figure(history: Sequence[dict], summary: dict[str, Any]) -> plt.Figure:
+    """Loss and accuracy (train vs validation) and learning rate per epoch; best epochs marked."""
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    for ax, metric in zip(axes[:2], ("loss", "accuracy")):
+        _curve(ax, history, f"train_{metric}", "train")
+        _curve(ax, history, f"val_{metric}", "validation")
+        ax.set_title(metric)
+    _curve(axes[2], history, "learning_rate", "learning rate")
+    axes[2].set_title("learning rate")
+    if min(r["learning_rate"] for r in history) > 0:
+        axes[2].set_yscale("log")
+    seeds = len(summary["seeds"])
+    members = f" (mean ± std of {seeds} seeds)" if seeds > 1 else ""
+    title = f"Training curves: {summary['model']}{members}"
+    best = sorted(set(summary["epochs"])) if summary["checkpoint"] == "best" else []
+    if best:
+        title += "; dashed: epoch of the best weights"
+    for ax in axes:
+        for epoch in best:
+            ax.axvline(epoch, color=OTHER, linestyle="--", linewidth=1)
+        ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def _show_image(ax: plt.Axes, image: np.ndarray) -> None:
+    ax.imshow(image[..., 0], cmap="gray", vmin=0, vmax=255)
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def mistakes_figure(images: np.ndarray, labels: np.ndarray, probabilities: np.ndarray,
+                    class_names: Sequence[str]) -> plt.Figure:
+    """The most confident mistakes: image, true class, predicted class and its probability."""
+    predicted = probabilities.argmax(-1)
+    confidence = probabilities.max(-1)
+    wrong = np.flatnonzero(predicted != labels)
+    rows, cols = MISTAKES_GRID
+    worst = wrong[np.argsort(-confidence[wrong], kind="stable")][:rows * cols]
+    fig, axes = plt.subplots(rows, cols, figsize=(2.1 * cols, 2.5 * rows))
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, i in zip(axes.flat, worst):
+        ax.axis("on")
+        _show_image(ax, images[i])
+        ax.set_title(f"#{i} true: {class_names[labels[i]]}\npred: {class_names[predicted[i]]} "
+                     f"({confidence[i]:.0%})", fontsize=9, color=WRONG)
+    fig.suptitle(f"The {len(worst)} most confident mistakes (of {len(wrong)})")
+    fig.tight_layout()
+    return fig
+
+
+def probability_examples(labels: np.ndarray, probabilities: np.ndarray,
+                         count: int = PROBABILITY_EXAMPLES) -> np.ndarray:
+    """The first `count` correctly classified examples and the first `count` mistakes."""
+    correct = probabilities.argmax(-1) == labels
+    return np.sort(np.concatenate([np.flatnonzero(correct)[:count],
+                                   np.flatnonzero(~correct)[:count]]))
+
+
+def _bar_value(ax: plt.Axes, row: int, value: float) -> None:
+    """The value as a percentage at the end of a horizontal bar (inside it when long)."""
+    inside = value > 0.8
+    ax.text(value - 0.01 if inside else value + 0.01, row, f"{value:.1%}", va="center",
+            ha="right" if inside else "left", fontsize=8, color="white" if inside else "black")
+
+
+def probability_bars_figure(images: np.ndarray, labels: np.ndarray, probabilities: np.ndarray,
+                            class_names: Sequence[str], indices: np.ndarray) -> plt.Figure:
+    """Per example: the image, and a bar per class (true class green, a wrong prediction red)."""
+    rows = (len(indices) + 1) // 2
+    fig, axes = plt.subplots(rows, 4, figsize=(14, 2.6 * rows),
+                             gridspec_kw={"width_ratios": [1, 2.2, 1, 2.2]}, squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for k, i in enumerate(indices):
+        image_ax, bar_ax = axes[k // 2, 2 * (k % 2)], axes[k // 2, 2 * (k % 2) + 1]
+        image_ax.axis("on")
+        bar_ax.axis("on")
+        guess = int(probabilities[i].argmax())
+        _show_image(image_ax, images[i])
+        ok = guess == labels[i]
+        image_ax.set_title(f"#{i} true: {class_names[labels[i]]}", fontsize=9,
+                           color=RIGHT if ok else WRONG)
+        colors = [OTHER] * len(class_names)
+        colors[guess] = WRONG
+        colors[labels[i]] = RIGHT
+        y = np.arange(len(class_names))
+        bar_ax.barh(y, probabilities[i], color=colors)
+        for c in {guess, int(labels[i])}:
+            _bar_value(bar_ax, c, float(probabilities[i, c]))
+        bar_ax.set_yticks(y, [f"{n} (true)" if c == labels[i] else n
+                              for c, n in enumerate(class_names)], fontsize=8)
+        bar_ax.invert_yaxis()
+        bar_ax.set_xlim(0, 1)
+        bar_ax.tick_params(axis="x", labelsize=8)
+        bar_ax.set_title(f"pred: {class_names[guess]} ({probabilities[i, guess]:.1%})",
+                         fontsize=9, color=RIGHT if ok else WRONG)
+    fig.suptitle("Class probabilities (green: true class; red: a wrong prediction)")
+    fig.tight_layout()
+    return fig
+
+
+def evaluation_figures(images: np.ndarray, labels: np.ndarray, probabilities: np.ndarray,
+                       summary: dict[str, Any], history: Sequence[dict], out: Path) -> list[Path]:
+    """Every figure of an evaluation, saved in `out`; the paths (no curves without a history)."""
+    names = summary["class_names"]
+    what = describe(summary)
+    confusion = np.array(summary["confusion_matrix"])
+    paths = [
+        save(confusion_figure(confusion, names, False,
+                              f"Confusion matrix: {what} (accuracy {summary['accuracy']:.2%})"),
+             out / "confusion_matrix.png"),
+        save(confusion_figure(confusion, names, True,
+                              f"Confusion matrix, % of each true class: {what}"),
+             out / "confusion_matrix_normalized.png"),
+        save(per_class_f1_figure(summary), out / "per_class_f1.png"),
+        save(mistakes_figure(images, labels, probabilities, names), out / "worst_mistakes.png"),
+        save(probability_bars_figure(images, labels, probabilities, names,
+                                     probability_examples(labels, probabilities)),
+             out / "probabilities.png"),
+    ]
+    if history:
+        paths.append(save(training_curves_figure(history, summary), out / "training_curves.png"))
+    return paths
+
+
+def comparison_figure(labels: Sequence[str], class_names: Sequence[str], f1: np.ndarray,
+                      std: np.ndarray) -> plt.Figure:
+    """Per-class F1 of several models side by side (`f1`, `std`: `[models, classes]`)."""
+    series = [(label, f1[m], std[m] if std[m].any() else None) for m, label in enumerate(labels)]
+    fig, ax = grouped_bars(class_names, series)
+    ax.set_ylabel("F1")
+    ax.set_title("Per-class F1 by model" + (" (error bars: std across seeds)" if std.any() else ""))
+    return fig

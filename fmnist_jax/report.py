@@ -1,0 +1,164 @@
+"""Markdown for people: an evaluation's report, the per-class table, and the model comparison.
+
+Tables are padded so that they read as plain text in a terminal too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """A markdown table, columns padded; the first column left-aligned, the others right."""
+    cells = [[str(c) for c in headers]] + [[str(c) for c in row] for row in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+
+    def line(row: Sequence[str]) -> str:
+        padded = [row[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(row[1:], widths[1:])]
+        return "| " + " | ".join(padded) + " |"
+
+    rule = "|" + "|".join([":" + "-" * (widths[0] + 1)] + ["-" * (w + 1) + ":" for w in widths[1:]])
+    return "\n".join([line(cells[0]), rule + "|", *map(line, cells[1:])]) + "\n"
+
+
+def percent(value: float) -> str:
+    return f"{value:.2%}"
+
+
+def stat(described: dict[str, Any], fmt: Callable[[float], str] = percent) -> str:
+    """`mean ± std` of a `metrics.describe` record, or the plain value when it has one member."""
+    if described.get("n", 1) > 1:
+        return f"{fmt(described['mean'])} ± {fmt(described['std'])}"
+    return fmt(described["mean"])
+
+
+def number(value: float) -> str:
+    return f"{value:.4f}"
+
+
+def seconds(value: float | None) -> str:
+    return "—" if value is None else f"{value:,.1f} s"
+
+
+def per_second(value: float | None) -> str:
+    return "—" if value is None else f"{value:,.0f}"
+
+
+def per_class_table(summary: dict[str, Any]) -> str:
+    """The classification report: per class, then macro and weighted means.
+
+    Precision, recall, F1, support and accuracy; with several members, their F1 as mean ± std too.
+    """
+    members = summary.get("across_members")
+    headers = ["class", "precision", "recall", "F1", "support", "accuracy"]
+    headers += ["F1 of members (mean ± std)"] if members else []
+    rows = []
+    for name in summary["class_names"]:
+        s = summary["per_class"][name]
+        rows.append([name, number(s["precision"]), number(s["recall"]), number(s["f1"]),
+                     s["support"], percent(s["accuracy"])]
+                    + ([stat(members["per_class"][name]["f1"], number)] if members else []))
+    for avg in ("macro", "weighted"):
+        s = summary[avg]
+        rows.append([f"{avg} avg", number(s["precision"]), number(s["recall"]), number(s["f1"]),
+                     summary["num_examples"], ""]
+                    + ([stat(members[avg]["f1"], number)] if members else []))
+    return table(headers, rows)
+
+
+def headline(summary: dict[str, Any]) -> str:
+    """One line: model, split, accuracy, loss, macro F1 (and the members' spread)."""
+    who = f"{summary['model']} ({len(summary['seeds'])}-member ensemble)" \
+        if summary["predictor"] == "ensemble" else summary["model"]
+    line = (f"{who} on the {summary['split']} split ({summary['num_examples']:,} images): "
+            f"accuracy {percent(summary['accuracy'])}, loss {number(summary['loss'])}, "
+            f"macro F1 {number(summary['macro']['f1'])}")
+    if "across_members" in summary:
+        line += f"; members: accuracy {stat(summary['across_members']['accuracy'])}"
+    return line
+
+
+def _results_table(summary: dict[str, Any]) -> str:
+    members = summary.get("across_members")
+    rows = [("accuracy", percent, ("accuracy",)), ("mean loss", number, ("loss",)),
+            ("top-2 accuracy", percent, ("top2_accuracy",)),
+            ("expected calibration error (15 bins)", number, ("ece",))]
+    rows += [(f"{avg} {label}", number, (avg, k)) for avg in ("macro", "weighted")
+             for k, label in (("precision", "precision"), ("recall", "recall"), ("f1", "F1"))]
+
+    def pick(record: dict[str, Any], path: tuple[str, ...]) -> Any:
+        for key in path:
+            record = record[key]
+        return record
+
+    headers = ["metric", "ensemble", "members (mean ± std)"] if members else ["metric", "value"]
+    return table(headers, [[label, fmt(pick(summary, path))]
+                           + ([stat(pick(members, path), fmt)] if members else [])
+                           for label, fmt, path in rows])
+
+
+def _pairs_table(summary: dict[str, Any]) -> str:
+    rows = [[f"{p['classes'][0]} ↔ {p['classes'][1]}", p["count"],
+             f"{p['a_as_b']} / {p['b_as_a']}"] for p in summary["most_confused"]]
+    return table(["classes a ↔ b", "mistakes", "a as b / b as a"], rows)
+
+
+def _members_table(summary: dict[str, Any]) -> str:
+    rows = [[m["seed"], m["epoch"], percent(m["accuracy"]), number(m["loss"]),
+             number(m["macro"]["f1"])] for m in summary["members"]]
+    return table(["seed", "epoch", "accuracy", "loss", "macro F1"], rows)
+
+
+def evaluation_report(summary: dict[str, Any], figures: Sequence[str]) -> str:
+    """report.md: the run, the numbers, and the figures (linked by file name)."""
+    ev, tr = summary["evaluation"], summary["training"]
+    epochs = ", ".join(map(str, sorted(set(summary["epochs"]))))
+    about = "".join(f"- {key}: {value}\n" for key, value in [
+        ("workdir", f"`{summary['workdir']}`"),
+        ("weights", f"{summary['checkpoint']} (checkpoint step {summary['step']}, epoch {epochs})"),
+        ("seeds", ", ".join(map(str, summary["seeds"]))),
+        ("parameters", f"{summary['param_count']:,}"),
+        ("evaluation", f"{seconds(ev['seconds'])} ({per_second(ev['images_per_second'])} "
+                       f"images/s, {ev['platform']}) after {seconds(ev['compile_seconds'])} "
+                       f"of compilation"),
+        ("training", f"{tr['epochs']} epochs, {seconds(tr['train_seconds'])}, "
+                     f"{per_second(tr['images_per_second'])} images/s (median epoch)"),
+    ])
+    parts = [f"# Evaluation: {summary['model']} on the {summary['split']} split\n",
+             headline(summary) + ".\n", about, "## Results\n", _results_table(summary),
+             "## Per class\n",
+             "Accuracy per class is the share of the class's images classified correctly.\n",
+             per_class_table(summary), "## Most confused pairs\n", _pairs_table(summary)]
+    if "members" in summary:
+        parts += ["## Members\n",
+                  "The ensemble averages the members' class probabilities.\n",
+                  _members_table(summary)]
+    parts += ["## Figures\n"] + [f"![{name}]({name})\n" for name in figures]
+    return "\n".join(parts)
+
+
+def comparison_report(comparison: dict[str, Any], figure: str) -> str:
+    """compare.md: one table of the models, per-class F1 side by side, the hardest classes."""
+    models = comparison["models"]
+    rows = [[m["label"], f"{m['param_count']:,}", stat(m["accuracy"]),
+             "—" if m["ensemble_accuracy"] is None else percent(m["ensemble_accuracy"]),
+             stat(m["loss"], number), stat(m["macro_f1"], number), m["epochs"],
+             seconds(m["train_seconds"]), per_second(m["images_per_second"])] for m in models]
+    overview = table(["model", "parameters", f"{comparison['split']} accuracy", "ensemble",
+                      "loss", "macro F1", "epochs", "training time", "train images/s"], rows)
+    classes = comparison["class_names"]
+    f1 = table(["class"] + [m["label"] for m in models],
+               [[name] + [stat(m["per_class_f1"][name], number) for m in models]
+                for name in classes])
+    hardest = ", ".join(f"{h['class']} (mean F1 {h['f1']:.3f})"
+                        for h in comparison["hardest_classes"])
+    confused = ", ".join(f"{p['classes'][0]} ↔ {p['classes'][1]} ({p['count']})"
+                         for p in comparison["most_confused"])
+    notes = ("With several seeds, a number is the members' mean ± std and `ensemble` the accuracy "
+             "of their averaged probabilities. Training time counts the training steps only; "
+             "train images/s is the median epoch's (all members together).")
+    return "\n".join([f"# Model comparison ({comparison['split']} split)\n", overview, notes + "\n",
+                      "## Per-class F1\n", f1, f"Hardest classes: {hardest}.\n",
+                      f"Most confused pairs (mistakes summed over the models): {confused}.\n",
+                      f"![per-class F1]({figure})\n"])

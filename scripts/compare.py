@@ -1,0 +1,37 @@
+"""Compares evaluated workdirs: one table of the models, per-class F1 side by side, a bar chart.
+
+  python scripts/evaluate.py --workdir=runs/mlp   # once per workdir
+  python scripts/compare.py runs/mlp runs/cnn runs/cnn_deep runs/lstm --output=compare.md
+
+Writes OUTPUT (markdown), OUTPUT with .json (the same numbers for programs) and OUTPUT_f1.png.
+A workdir trained with several seeds shows each number as the members' mean ± std.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from fmnist_jax import cli  # noqa: E402  pylint: disable=wrong-import-position
+
+
+def main(argv) -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("dirs", nargs="+", metavar="DIR",
+                        help="workdirs evaluated with scripts/evaluate.py (or their eval folders)")
+    parser.add_argument("--split", choices=("test", "val"), default="test",
+                        help="which evaluation to compare (default test)")
+    parser.add_argument("--output", default="compare.md", help="markdown file (default compare.md)")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks of input errors")
+    args = parser.parse_args(argv)
+    from fmnist_jax import evaluation  # pylint: disable=import-outside-toplevel
+    print(evaluation.write_comparison(args.dirs, Path(args.output), args.split))
+    print(f"wrote {args.output}")
+
+
+if __name__ == "__main__":
+    cli.main_guard(main)
