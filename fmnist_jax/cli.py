@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import argparse
+import difflib
 import shlex
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import NoReturn
+from unittest import mock
 
 import ml_collections
 
 from fmnist_jax import config as config_lib
-from fmnist_jax.errors import TrainingDiverged, UserError
+from fmnist_jax import sharding
+from fmnist_jax.errors import ConfigError, TrainingDiverged, UserError
 from fmnist_jax.models import MODELS
 
 REPO_ROOT = config_lib.CONFIG_DIR.parent
@@ -54,6 +58,36 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
 
 
+def add_device_flags(parser: argparse.ArgumentParser) -> None:
+    """--mesh, and --distributed with the coordinates of a multi-process run."""
+    group = parser.add_argument_group("devices and hosts")
+    group.add_argument("--mesh", default="", metavar="AXES",
+                       help="device mesh, e.g. data:4,seeds:2 (data splits each batch, seeds spreads "
+                            "the members); default: every device, the seeds on gcd(seeds, devices) "
+                            "of them and each batch split over the rest")
+    group.add_argument("--distributed", action="store_true",
+                       help="join a multi-process run (several hosts, or processes on one) with "
+                            "jax.distributed.initialize(); every process runs the same command")
+    group.add_argument("--coordinator-address", metavar="HOST:PORT",
+                       help=f"address of process 0 (default ${sharding.PROCESS_ENV[0]})")
+    group.add_argument("--num-processes", type=int, metavar="N",
+                       help=f"number of processes (default ${sharding.PROCESS_ENV[1]})")
+    group.add_argument("--process-id", type=int, metavar="I",
+                       help=f"this process, 0..N-1 (default ${sharding.PROCESS_ENV[2]}); unset "
+                            f"values are detected on Slurm, Open MPI, Kubernetes and Cloud TPU")
+
+
+def start_devices(args: argparse.Namespace) -> None:
+    """With --distributed, joins the other processes; call it before anything uses a device."""
+    process = (args.coordinator_address, args.num_processes, args.process_id)
+    if not args.distributed:
+        if any(value is not None for value in process):
+            raise ConfigError("--coordinator-address, --num-processes and --process-id need "
+                              "--distributed")
+        return
+    sharding.initialize_distributed(*process)
+
+
 def resolve_config(parser: argparse.ArgumentParser, args: argparse.Namespace,
                    rest: Sequence[str]) -> ml_collections.ConfigDict:
     """The config file's config, with --config.FIELD overrides, then the shorthands applied."""
@@ -63,7 +97,11 @@ def resolve_config(parser: argparse.ArgumentParser, args: argparse.Namespace,
     while rest:
         item = rest.pop(0)
         if not item.startswith("--config."):
-            parser.error(f"unrecognized argument {item!r}; see --help")
+            # pylint: disable-next=protected-access
+            flags = [f for action in parser._actions for f in action.option_strings]
+            close = difflib.get_close_matches(item.partition("=")[0], flags, n=1)
+            hint = f"did you mean {close[0]}? " if close else ""
+            parser.error(f"unrecognized argument {item!r}; {hint}see --help")
         field, sep, value = item[len("--config."):].partition("=")
         if not sep:
             if not rest:
@@ -82,19 +120,25 @@ def command_line() -> str:
     return shlex.join(["python", *sys.argv])
 
 
+def _argparse_error(_: argparse.ArgumentParser, message: str) -> NoReturn:
+    """argparse's errors as one line (no usage block), printed and exited on by `main_guard`."""
+    raise ConfigError(message if "--help" in message else f"{message}; see --help")
+
+
 def main_guard(main: Callable[[Sequence[str]], None], argv: Sequence[str] | None = None) -> None:
     """Runs `main`, turning the errors a user can fix into one line on stderr and an exit code."""
     argv = sys.argv[1:] if argv is None else argv
     debug = "--debug" in argv
     try:
-        main([a for a in argv if a != "--debug"])
+        with mock.patch.object(argparse.ArgumentParser, "error", _argparse_error):
+            main([a for a in argv if a != "--debug"])
     except (UserError, TrainingDiverged) as e:
         if debug:
             raise
         print(f"error: {e}", file=sys.stderr)
         sys.exit(e.exit_code)
     except KeyboardInterrupt as e:
-        print(f"interrupted{': ' + str(e) if str(e) else ''}; run the same command to resume",
+        print(f"interrupted: {e}" if str(e) else "interrupted; run the same command to resume",
               file=sys.stderr)
         sys.exit(130)
 

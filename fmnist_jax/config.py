@@ -5,6 +5,7 @@ from __future__ import annotations
 import ast
 import difflib
 import importlib.util
+import math
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,11 @@ def base_config() -> ml_collections.ConfigDict:
     c.eval_batch_size = 1000
     c.label_smoothing = 0.0
     c.early_stopping_patience = 0  # epochs without a better validation accuracy; 0 = off
+
+    c.augment = ml_collections.ConfigDict()  # on-device, inside the compiled step; all off here
+    c.augment.translate = 0  # random translation by up to N pixels (pad and crop)
+    c.augment.flip = False  # random horizontal flip
+    c.augment.erase = 0  # random erasing (cutout) of an N x N square
 
     c.data = ml_collections.ConfigDict()
     c.data.dir = ""  # empty: search the default sources
@@ -68,8 +74,16 @@ def load_config_file(path: str | Path) -> ml_collections.ConfigDict:
                           f"{', '.join(sorted(p.stem for p in CONFIG_DIR.glob('*.py')))}")
     spec = importlib.util.spec_from_file_location(f"fmnist_config_{path.stem}", path)
     module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
+    try:
+        spec.loader.exec_module(module)
+        config = module.get_config()
+    except Exception as e:  # pylint: disable=broad-except  # any error in the user's file
+        raise ConfigError(f"config file {path} failed to load ({type(e).__name__}: {e}); fix it "
+                          f"so that get_config() returns a ConfigDict") from None
+    if not isinstance(config, ml_collections.ConfigDict):
+        raise ConfigError(f"config file {path}: get_config() returned {type(config).__name__}, "
+                          f"not an ml_collections.ConfigDict")
+    return config
 
 
 def model_config_path(model: str) -> Path:
@@ -103,11 +117,14 @@ def _parse_value(field: str, text: str, current: Any) -> Any:
             return float(text)
         if isinstance(current, (tuple, list)):
             value = ast.literal_eval(text if text.strip().startswith(("(", "[")) else f"({text},)")
+            kinds = {type(v) for v in current}
+            if not isinstance(value, (tuple, list)) or any(type(v) not in kinds for v in value):
+                raise ValueError(text)
             return tuple(value)
         return text
     except (ValueError, SyntaxError):
-        raise ConfigError(f"--config.{field}={text!r} is not a valid {type(current).__name__} "
-                          f"(current value {current!r})") from None
+        raise ConfigError(f"--config.{field}={text!r} is not a valid {type(current).__name__}; "
+                          f"give one like its current value {current!r}") from None
 
 
 def apply_override(config: ml_collections.ConfigDict, field: str, text: str) -> None:
@@ -136,12 +153,15 @@ def validate(config: ml_collections.ConfigDict) -> None:
              f"unknown model {config.model.name!r}; valid models: {', '.join(MODELS)}")
     for field in ("epochs", "batch_size", "eval_batch_size", "num_seeds"):
         _require(config[field] > 0, f"config.{field} must be positive, got {config[field]}")
-    _require(config.optimizer.learning_rate > 0,
-             f"config.optimizer.learning_rate must be positive, got {config.optimizer.learning_rate}")
+    _require(0 < config.optimizer.learning_rate < math.inf,
+             f"config.optimizer.learning_rate must be positive and finite, got "
+             f"{config.optimizer.learning_rate}")
     _require(0 < config.data.val_fraction < 1,
              f"config.data.val_fraction must lie in (0, 1), got {config.data.val_fraction}")
     _require(config.data.train_limit >= 0, "config.data.train_limit must be >= 0 (0 = all)")
     _require(0 <= config.label_smoothing < 1, "config.label_smoothing must lie in [0, 1)")
+    _require(0 <= config.augment.translate < 14 and 0 <= config.augment.erase <= 28,
+             "config.augment.translate must lie in [0, 14) and config.augment.erase in [0, 28]")
     _require(config.early_stopping_patience >= 0, "config.early_stopping_patience must be >= 0")
     _require(config.optimizer.name in OPTIMIZERS,
              f"unknown optimizer {config.optimizer.name!r}; valid: {', '.join(OPTIMIZERS)}")

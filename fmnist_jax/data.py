@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from fmnist_jax import idx
-from fmnist_jax.errors import DataError
+from fmnist_jax.errors import ConfigError, DataError
 
 CLASS_NAMES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
                "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
@@ -95,6 +95,12 @@ def tfds_prepared(data_dir: str | Path | None) -> bool:
     return tfds.builder("fashion_mnist", data_dir=root).is_prepared()
 
 
+def tfds_datasets(data_dir: Path) -> list[str]:
+    """The prepared tfds datasets in `data_dir`: `NAME/[CONFIG/]VERSION/dataset_info.json`."""
+    infos = [*data_dir.glob("*/*/dataset_info.json"), *data_dir.glob("*/*/*/dataset_info.json")]
+    return sorted({p.relative_to(data_dir).parts[0] for p in infos})
+
+
 def load_tfds(data_dir: str | Path | None = None) -> dict[str, Split]:
     """Both splits through `tfds.data_source` from a prepared tfds data dir (no TensorFlow needed)."""
     import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
@@ -145,8 +151,17 @@ def load_raw(data_dir: str | Path | None = None) -> tuple[dict[str, Split], str]
             raise DataError(f"--data-dir {folder} does not exist; " + HOW_TO_GET)
         if has_idx_files(folder):
             return load_idx_folder(folder), f"idx:{folder}"
+        names = [name for pair in FILES.values() for name in pair]
+        missing = [name for name in names if not _find_idx_file(folder, name).is_file()]
+        if len(missing) < len(names):
+            raise DataError(f"--data-dir {folder} lacks {', '.join(missing)} of the four "
+                            f"Fashion-MNIST IDX files; " + HOW_TO_GET)
         if tfds_prepared(folder):
             return load_tfds(folder), f"tfds:{folder}"
+        others = tfds_datasets(folder)
+        if others:
+            raise DataError(f"--data-dir {folder} is a tfds data dir of {', '.join(others)}, "
+                            f"with no prepared fashion_mnist; " + HOW_TO_GET)
         raise DataError(
             f"--data-dir {folder} holds neither the four Fashion-MNIST IDX files "
             f"({', '.join(n for p in FILES.values() for n in p)}) nor a prepared tfds fashion_mnist; "
@@ -176,6 +191,9 @@ def load(data_dir: str | Path | None = None, val_fraction: float = 0.1, split_se
     """The dataset, split and described; `train_limit` > 0 keeps only that many training images."""
     raw, source = load_raw(data_dir)
     train, val = split_train_val(raw["train"], val_fraction, split_seed)
+    if train_limit > len(train):
+        raise ConfigError(f"train_limit {train_limit} exceeds the {len(train)} training images "
+                          f"left after the validation split; lower --train-limit, or 0 for all")
     if train_limit:
         train = train.take(slice(0, train_limit))
     mean, std = pixel_stats(train.images)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import math
 import struct
 import zlib
 from pathlib import Path
@@ -41,7 +42,7 @@ def read_idx(path: str | Path, magic: int, fix: str) -> np.ndarray:
     if found != magic:
         raise DataError(f"{path} has IDX magic number {found:#010x}, expected {magic:#010x}; {fix}")
     shape = struct.unpack(f">{ndim}I", data[4:header])
-    expected = header + int(np.prod(shape, dtype=np.int64))
+    expected = header + math.prod(shape)  # Python ints: a 64-bit product can wrap around
     if len(data) != expected:
         raise DataError(
             f"{path} holds {len(data)} bytes but its header {shape} needs {expected}; {fix}")

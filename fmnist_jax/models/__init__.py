@@ -13,6 +13,7 @@ from fmnist_jax.errors import ConfigError
 from fmnist_jax.models.cnn import CNN
 from fmnist_jax.models.lstm import LSTM
 from fmnist_jax.models.mlp import MLP
+from fmnist_jax.models.resnet import ResNet
 
 # Names map to modules; a name's architecture is its config file's fields (cnn_deep is a CNN).
 MODELS: dict[str, type[nn.Module]] = {
@@ -20,6 +21,7 @@ MODELS: dict[str, type[nn.Module]] = {
     "cnn": CNN,
     "cnn_deep": CNN,
     "lstm": LSTM,
+    "resnet": ResNet,
 }
 
 

@@ -1,0 +1,54 @@
+"""Config files, command-line overrides and validation."""
+
+from __future__ import annotations
+
+import pytest
+
+from fmnist_jax import config as config_lib
+from fmnist_jax.errors import ConfigError
+from fmnist_jax.models import MODELS
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_every_model_config_loads_and_validates(name):
+    config = config_lib.load_config_file(config_lib.model_config_path(name))
+    config_lib.validate(config)
+    assert config.model.name == name
+
+
+def test_overrides_are_typed():
+    config = config_lib.load_config_file(config_lib.model_config_path("cnn"))
+    config_lib.apply_override(config, "optimizer.learning_rate", "3e-3")
+    config_lib.apply_override(config, "model.conv_features", "16,32")
+    config_lib.apply_override(config, "model.use_batch_norm", "false")
+    config_lib.apply_override(config, "epochs", "4")
+    assert config.optimizer.learning_rate == 3e-3 and config.epochs == 4
+    assert tuple(config.model.conv_features) == (16, 32) and config.model.use_batch_norm is False
+
+
+def test_unknown_field_suggests_the_closest():
+    config = config_lib.base_config()
+    with pytest.raises(ConfigError, match="did you mean 'optimizer.learning_rate'"):
+        config_lib.apply_override(config, "optimizer.learning_rat", "1")
+    with pytest.raises(ConfigError, match="not a valid int"):
+        config_lib.apply_override(config, "epochs", "many")
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("epochs", "0", "epochs must be positive"),
+    ("batch_size", "-1", "batch_size must be positive"),
+    ("optimizer.learning_rate", "0", "learning_rate must be positive"),
+    ("data.val_fraction", "1.0", r"val_fraction must lie in \(0, 1\)"),
+    ("optimizer.name", "lion", "unknown optimizer"),
+    ("schedule.name", "step", "unknown schedule"),
+])
+def test_invalid_values_are_refused(field, value, message):
+    config = config_lib.base_config()
+    config_lib.apply_override(config, field, value)
+    with pytest.raises(ConfigError, match=message):
+        config_lib.validate(config)
+
+
+def test_unknown_model_lists_the_valid_ones():
+    with pytest.raises(ConfigError, match="valid models: mlp, cnn, cnn_deep, lstm"):
+        config_lib.model_config_path("vgg")
