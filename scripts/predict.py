@@ -5,7 +5,7 @@
 
 Each picture is made into a 28x28 grayscale image the way Fashion-MNIST was made (trimmed, resized,
 centred; a dark garment on a light background is negated). A file that cannot be read gets an error
-line and the others are still classified; the exit status is then 1.
+line and the others are still classified; the exit status is then 2 (bad input).
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from fmnist_jax import cli  # noqa: E402  pylint: disable=wrong-import-position
+from fmnist_jax.errors import UserError  # noqa: E402  pylint: disable=wrong-import-position
 
 
 def format_result(result: dict) -> str:
@@ -47,7 +48,7 @@ def main(argv) -> None:
         for result in results:
             print(format_result(result), file=sys.stderr if "error" in result else sys.stdout)
     if any("error" in r for r in results):
-        sys.exit(1)
+        sys.exit(UserError.exit_code)
 
 
 if __name__ == "__main__":

