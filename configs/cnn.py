@@ -16,6 +16,8 @@ def get_config():
     config.model.norm_before_relu = False
     config.model.dense_features = (128, 64)
     config.model.dropout = 0.4
+    config.model.conv_impl = "auto"  # xla (nn.Conv) or matmul (patches + one matmul): equal results
+    config.model.pool_impl = "auto"  # window (nn.max_pool) or slices (elementwise): equal results
     config.batch_size = 64
     config.epochs = 10
     config.optimizer.learning_rate = 2e-3

@@ -16,6 +16,8 @@ def get_config():
     config.model.conv_dropout = 0.25
     config.model.dense_features = (256,)
     config.model.dropout = 0.4
+    config.model.conv_impl = "auto"  # xla (nn.Conv) or matmul (patches + one matmul): equal results
+    config.model.pool_impl = "auto"  # window (nn.max_pool) or slices (elementwise): equal results
     config.batch_size = 128
     config.epochs = 18
     config.schedule.name = "plateau"

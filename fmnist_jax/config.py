@@ -13,6 +13,7 @@ import ml_collections
 
 from fmnist_jax.errors import ConfigError
 from fmnist_jax.models import MODELS
+from fmnist_jax.models.layers import CONV_IMPLS, POOL_IMPLS
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 OPTIMIZERS = ("adam", "adamw", "sgd")
@@ -169,6 +170,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
              f"unknown schedule {config.schedule.name!r}; valid: {', '.join(SCHEDULES)}")
     _require(config.schedule.plateau_metric in ("val_accuracy", "val_loss"),
              "config.schedule.plateau_metric must be val_accuracy or val_loss")
+    for field, valid in (("conv_impl", CONV_IMPLS), ("pool_impl", POOL_IMPLS)):
+        _require(config.model.get(field, "auto") in valid,
+                 f"unknown model.{field} {config.model.get(field)!r}; valid: {', '.join(valid)}")
     _require(config.epoch_mode in EPOCH_MODES,
              f"unknown epoch_mode {config.epoch_mode!r}; valid: {', '.join(EPOCH_MODES)}")
     _require(config.checkpoints_to_keep >= 1, "config.checkpoints_to_keep must be >= 1")

@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import json
+import shlex
+import shutil
 import signal
 import sys
 import time
@@ -24,7 +27,7 @@ import optax
 import tqdm
 
 from fmnist_jax import config as config_lib
-from fmnist_jax import data, metrics, optim
+from fmnist_jax import data, metrics, optim, sharding
 from fmnist_jax import train as train_lib
 from fmnist_jax.checkpointing import Checkpoints
 from fmnist_jax.errors import CheckpointError, ConfigError, TrainingDiverged, UserError
@@ -83,14 +86,25 @@ def config_to_json(config: ml_collections.ConfigDict) -> dict[str, Any]:
 
 def ensure_writable(workdir: Path) -> None:
     """Creates the workdir and writes a probe, so a bad path fails before any training."""
+    probe = workdir / ".write-probe"
     try:
         workdir.mkdir(parents=True, exist_ok=True)
-        probe = workdir / ".write-probe"
         probe.write_bytes(b"\0" * (1 << 20))
-        probe.unlink()
     except OSError as e:
         raise UserError(f"workdir {workdir} is not writable ({e.strerror}); "
                         f"choose another --workdir or free some space") from None
+    finally:
+        with contextlib.suppress(OSError):
+            probe.unlink(missing_ok=True)
+
+
+def ensure_space(workdir: Path, states, count: int) -> None:
+    """Fails now if the disk cannot take `count` more checkpoints of `states` (at least one)."""
+    needed = max(count, 1) * sum(x.nbytes for x in jax.tree.leaves(states))
+    free = shutil.disk_usage(workdir).free
+    if free < needed:
+        raise UserError(f"workdir {workdir} has {free / 2**20:.1f} MiB free but its checkpoints need "
+                        f"{needed / 2**20:.1f} MiB; free some space or choose another --workdir")
 
 
 def check_resumable(stored: dict[str, Any], config: ml_collections.ConfigDict,
@@ -163,9 +177,12 @@ def epoch_record(epoch: int, train: dict, val: dict, lr: np.ndarray, active: np.
 
 
 def _truncate_metrics(workdir: Path, completed_epochs: int) -> None:
-    """Drops lines of epochs after the checkpoint a resumed run starts from."""
-    kept = [r for r in read_history(workdir) if r["epoch"] <= completed_epochs]
-    (workdir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in kept))
+    """Drops lines of epochs after the checkpoint a resumed run starts from (atomically)."""
+    path = workdir / "metrics.jsonl"
+    if path.exists() and sharding.is_primary():
+        kept = [r for r in read_history(workdir) if r["epoch"] <= completed_epochs]
+        path.with_suffix(".tmp").write_text("".join(json.dumps(r) + "\n" for r in kept))
+        path.with_suffix(".tmp").replace(path)
 
 
 def _format_epoch(r: dict[str, Any], epochs: int) -> str:
@@ -179,22 +196,24 @@ class Trainer:
     """Runs the epochs of one workdir's run, all members at once."""
 
     def __init__(self, config: ml_collections.ConfigDict, workdir: Path, dataset: data.Dataset,
-                 parts: Components, quiet: bool):
+                 parts: Components, quiet: bool, layout: sharding.Layout):
         self.config, self.workdir, self.dataset, self.parts, self.quiet = (
             config, workdir, dataset, parts, quiet)
+        self.layout = layout
         self.num_members = config.num_seeds
-        self.keys = train_lib.stacked_keys(seeds_of(config))
+        self.keys = layout.put_members(train_lib.stacked_keys(seeds_of(config)))
         self.num_train = len(dataset.train)
         self.steps_per_epoch = self.num_train // config.batch_size
-        self.images = jax.device_put(dataset.train.images)
-        self.labels = jax.device_put(dataset.train.labels)
-        self.val_images = jax.device_put(dataset.val.images)
-        self.val_labels = jax.device_put(dataset.val.labels)
+        self.images = layout.put_host(dataset.train.images)
+        self.labels = layout.put_host(dataset.train.labels)
+        self.val_images = layout.put_host(dataset.val.images)
+        self.val_labels = layout.put_host(dataset.val.labels)
         self.mode = config.epoch_mode
         if self.mode == "auto":  # XLA:CPU runs conv gradients slowly inside a scan body
             self.mode = "loop" if jax.default_backend() == "cpu" else "scan"
-        step = train_lib.make_train_step(dataset.mean, dataset.std, config.label_smoothing)
-        self.span = train_lib.make_train_span(step, self.num_members, config.scan_unroll)
+        step = train_lib.make_train_step(dataset.mean, dataset.std, config.label_smoothing,
+                                         config.augment.to_dict())
+        self.span = train_lib.make_train_span(step, self.num_members, config.scan_unroll, layout)
         self.predict = train_lib.make_predict(parts.model, dataset.mean, dataset.std,
                                               config.eval_batch_size)
         self.end_of_epoch = train_lib.make_end_of_epoch(
@@ -206,17 +225,23 @@ class Trainer:
     def compile(self, states, acc) -> None:
         """Compiles the train span ahead of time, timing compilation apart from training."""
         length = 1 if self.mode == "loop" else self.steps_per_epoch
-        perms = train_lib.epoch_permutations(self.keys["data"], 0, self.num_train,
-                                             self.config.batch_size)
+        perms = self.permutations(0)
         start = time.perf_counter()
-        self.compiled = self.span.lower(states, acc, self.images, self.labels, perms, 0, 0,
-                                        self.keys["dropout"], length=length).compile()
+        self.compiled = self.span.lower(*self.layout.put_members((states, acc)), self.images,
+                                        self.labels, perms, 0, 0, self.keys["dropout"],
+                                        length=length).compile()
         self.compile_seconds = time.perf_counter() - start
 
+    def permutations(self, epoch: int) -> jax.Array:
+        """The epoch's batch indices of every member, split over the mesh."""
+        perms = train_lib.epoch_permutations(self.keys["data"], epoch, self.num_train,
+                                             self.config.batch_size)
+        return self.layout.put(perms, self.layout.permutations)
+
     def learning_rates(self, states) -> np.ndarray:
-        steps = np.maximum(np.asarray(states.step) - 1, 0)
+        steps = np.maximum(train_lib.to_host(states.step) - 1, 0)
         base = np.array([float(self.parts.schedule(int(s))) for s in steps])
-        return base * np.asarray(states.plateau.scale)
+        return base * train_lib.to_host(states.plateau.scale)
 
     def evaluate(self, params, batch_stats, images, labels) -> tuple[np.ndarray, dict]:
         logits = self.predict(params, batch_stats, images)
@@ -240,12 +265,15 @@ class Trainer:
     def run_epoch(self, states, acc, position: Position, interrupt: Interrupt, ckpts):
         """Trains from `position` to the end of its epoch, or until interrupted."""
         epoch = position.epoch
-        perms = train_lib.epoch_permutations(self.keys["data"], epoch, self.num_train,
-                                             self.config.batch_size)
+        perms = self.permutations(epoch)
+        states, acc = self.layout.put_members((states, acc))
         first_global = epoch * self.steps_per_epoch
         if self.mode == "scan":
-            states, acc = self.compiled(states, acc, self.images, self.labels, perms, 0,
-                                        first_global, self.keys["dropout"])
+            start = position.step_in_epoch  # > 0 only resuming a loop-mode checkpoint (from a CPU)
+            span = self.compiled if start == 0 else functools.partial(
+                self.span, length=self.steps_per_epoch - start)
+            states, acc = span(states, acc, self.images, self.labels, perms, start,
+                               first_global + start, self.keys["dropout"])
             return states, acc, self.steps_per_epoch
         bar = tqdm.tqdm(total=self.steps_per_epoch, initial=position.step_in_epoch,
                         desc=f"epoch {epoch + 1}/{self.config.epochs}", leave=False,
@@ -282,9 +310,16 @@ def _print(quiet: bool, *args) -> None:
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path, *,
-                       quiet: bool = False, command: str = "") -> dict[str, Any]:
-    """Trains (or resumes) the run in `workdir`, then tests its best parameters; the summary."""
+                       quiet: bool = False, command: str = "", mesh: str = "") -> dict[str, Any]:
+    """Trains (or resumes) the run in `workdir`, then tests its best parameters; the summary.
+
+    `mesh` is `--mesh` (e.g. `data:4,seeds:2`; empty: the default of `sharding.mesh_shape`). With
+    several processes only process 0 prints and writes files other than checkpoints.
+    """
     config_lib.validate(config)
+    layout = sharding.make_layout(mesh, config.num_seeds)
+    layout.check(config.batch_size, config.num_seeds)
+    quiet = quiet or not sharding.is_primary()
     workdir = Path(workdir)
     ensure_writable(workdir)
     dataset = data.load(config.data.dir or None, config.data.val_fraction, config.data.split_seed,
@@ -295,18 +330,23 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path, *
     parts = build(config, len(dataset.train))
     states = initial_states(config, parts)
     num_params = param_count(jax.tree.map(lambda x: x[0], states.params))
-    env = environment()
+    states = layout.put_members(states)
+    env = environment() | layout.record(config.batch_size)
     meta = _meta(config, dataset, env, num_params)
     meta["command"] = command
-    (workdir / "config.json").write_text(json.dumps(meta, indent=2) + "\n")
-    trainer = Trainer(config, workdir, dataset, parts, quiet)
+    trainer = Trainer(config, workdir, dataset, parts, quiet, layout)
     _print(quiet, f"model {config.model.name}: {num_params:,} parameters | seeds "
                   f"{seeds_of(config)} | {env['device_count']} x {env['device_kind']} "
-                  f"({env['platform']}) | data {dataset.source}: {len(dataset.train)} train, "
-                  f"{len(dataset.val)} val, {len(dataset.test)} test | {trainer.mode} mode | "
-                  f"workdir {workdir}")
+                  f"({env['platform']}), {env['process_count']} process(es) | mesh "
+                  f"{layout.describe_shape()}, batch {config.batch_size} = "
+                  f"{env['per_device_batch']} per device | data {dataset.source}: "
+                  f"{len(dataset.train)} train, {len(dataset.val)} val, {len(dataset.test)} test | "
+                  f"{trainer.mode} mode | workdir {workdir}")
     with Checkpoints(workdir, config.checkpoints_to_keep) as ckpts:
         states, position = _resume(ckpts, config, workdir, states, quiet)
+        ensure_space(workdir, states, config.checkpoints_to_keep + 1 - len(ckpts.steps()))
+        if sharding.is_primary():
+            (workdir / "config.json").write_text(json.dumps(meta, indent=2) + "\n")
         acc = train_lib.init_accumulator(config.num_seeds)
         if position.partial:
             acc = jax.tree.map(jnp.asarray, {k: np.asarray(v, acc[k].dtype)
@@ -319,10 +359,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path, *
 
 def _resume(ckpts: Checkpoints, config, workdir: Path, states, quiet: bool):
     if not ckpts.steps():
+        _truncate_metrics(workdir, 0)  # lines of a run killed before its first checkpoint
         return states, Position()
-    step, stored = ckpts.restore_meta()
-    check_resumable(stored["config"], config, workdir)
-    states = ckpts.restore_state(step, states)
+
+    def template_for(stored: dict[str, Any]):
+        check_resumable(stored["config"], config, workdir)
+        return states
+
+    step, states, stored = ckpts.restore(template_for)
     position = Position(**stored["position"])
     _truncate_metrics(workdir, position.epoch)
     _print(quiet, f"resumed from checkpoint step {step}: epoch {position.epoch}, "
@@ -333,7 +377,7 @@ def _resume(ckpts: Checkpoints, config, workdir: Path, states, quiet: bool):
 def _epochs(trainer: Trainer, ckpts: Checkpoints, states, acc, position: Position, meta):
     config, workdir = trainer.config, trainer.workdir
     with Interrupt() as interrupt:
-        while position.epoch < config.epochs and np.asarray(states.active).any():
+        while position.epoch < config.epochs and train_lib.to_host(states.active).any():
             start = time.perf_counter()
             states, acc, done = trainer.run_epoch(states, acc, position, interrupt, ckpts)
             host = train_lib.to_host(acc)
@@ -343,47 +387,64 @@ def _epochs(trainer: Trainer, ckpts: Checkpoints, states, acc, position: Positio
                 position = Position(position.epoch, done, {k: v.tolist() for k, v in host.items()})
                 ckpts.save(global_step, states, meta | {"position": dataclasses.asdict(position)})
                 ckpts.wait()
-                raise KeyboardInterrupt(f"saved checkpoint step {global_step}")
+                raise KeyboardInterrupt(_saved_and_how_to_resume(global_step, meta, workdir))
             train_seconds = time.perf_counter() - start
             images = int(host["count"].sum())
             _, val = trainer.evaluate(states.params, states.batch_stats, trainer.val_images,
                                       trainer.val_labels)
-            active = np.asarray(states.active)
+            active = train_lib.to_host(states.active)
             lr = trainer.learning_rates(states)
-            states = trainer.end_of_epoch(states, jnp.asarray(val["accuracy"], jnp.float32),
-                                          jnp.asarray(val["loss"], jnp.float32),
-                                          position.epoch + 1)
+            states = trainer.end_of_epoch(
+                states, *trainer.layout.put_members((jnp.asarray(val["accuracy"], jnp.float32),
+                                                     jnp.asarray(val["loss"], jnp.float32))),
+                position.epoch + 1)
             position = Position(position.epoch + 1)
-            ckpts.save(global_step, states, meta | {"position": dataclasses.asdict(position)})
             record = epoch_record(position.epoch, metrics.means(host), val, lr, active,
                                   time.perf_counter() - start, train_seconds, images)
-            with open(workdir / "metrics.jsonl", "a") as f:
-                f.write(json.dumps(record) + "\n")
+            # The line goes first: a kill before the save commits resumes from the previous
+            # checkpoint and drops it, while a checkpoint never lacks its line.
+            if sharding.is_primary():
+                with open(workdir / "metrics.jsonl", "a") as f:
+                    f.write(json.dumps(record) + "\n")
+            ckpts.save(global_step, states, meta | {"position": dataclasses.asdict(position)})
             _print(trainer.quiet, _format_epoch(record, config.epochs))
             acc = train_lib.init_accumulator(config.num_seeds)
             if interrupt.requested:
                 ckpts.wait()
-                raise KeyboardInterrupt(f"saved checkpoint step {global_step}")
+                raise KeyboardInterrupt(_saved_and_how_to_resume(global_step, meta, workdir))
     return states
 
 
+def _saved_and_how_to_resume(step: int, meta: dict[str, Any], workdir: Path) -> str:
+    command = meta["command"]
+    if command and "--workdir" not in command:
+        command += f" --workdir={shlex.quote(str(workdir))}"
+    return (f"saved checkpoint step {step} in {workdir}; resume with: {command}" if command else
+            f"saved checkpoint step {step} in {workdir}; resume by training in the same workdir")
+
+
 def read_history(workdir: Path) -> list[dict[str, Any]]:
-    """The records of metrics.jsonl, one per completed epoch."""
+    """The records of metrics.jsonl, one per completed epoch; a line cut short by a kill is dropped."""
     path = Path(workdir) / "metrics.jsonl"
-    return [json.loads(l) for l in path.read_text().splitlines() if l.strip()] if path.exists() else []
+    records = []
+    for line in path.read_text().splitlines() if path.exists() else []:
+        with contextlib.suppress(json.JSONDecodeError):
+            records.append(json.loads(line))
+    return records
 
 
 def _finish(trainer: Trainer, states, meta, workdir: Path, quiet: bool) -> dict:
     """Tests the best parameters of every member (and their ensemble); writes summary.json."""
     test = trainer.dataset.test
     logits, result = trainer.evaluate(states.best_params, states.best_batch_stats,
-                                      jax.device_put(test.images), jax.device_put(test.labels))
+                                      trainer.layout.put_host(test.images),
+                                      trainer.layout.put_host(test.labels))
     history = read_history(workdir)
     summary = {
         "model": meta["model"], "param_count": meta["param_count"], "seeds": meta["seeds"],
         "epochs_completed": len(history),
-        "best_epoch": np.asarray(states.best_epoch).tolist(),
-        "best_val_accuracy": np.asarray(states.best_accuracy).tolist(),
+        "best_epoch": train_lib.to_host(states.best_epoch).tolist(),
+        "best_val_accuracy": train_lib.to_host(states.best_accuracy).tolist(),
         "test_accuracy": result["accuracy"].tolist(), "test_loss": result["loss"].tolist(),
         "test_accuracy_stats": metrics.describe(result["accuracy"]),
         "compile_seconds": trainer.compile_seconds,
@@ -394,11 +455,13 @@ def _finish(trainer: Trainer, states, meta, workdir: Path, quiet: bool) -> dict:
         "epoch_mode": trainer.mode, "environment": meta["environment"], "command": meta["command"],
     }
     if trainer.num_members > 1:
-        probs = metrics.ensemble_probabilities(np.asarray(logits))
+        probs = metrics.ensemble_probabilities(train_lib.to_host(logits))
         labels = test.labels
         summary["ensemble"] = {
             "test_accuracy": float((probs.argmax(-1) == labels).mean()),
             "test_loss": float(-np.log(probs[np.arange(len(labels)), labels] + 1e-12).mean())}
+    if not sharding.is_primary():
+        return summary
     (workdir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     stats = summary["test_accuracy_stats"]
     line = f"test accuracy of the best checkpoint: {stats['mean']:.2%}"

@@ -8,15 +8,18 @@ train in one compiled program on one shared copy of the data, each with its own 
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 from flax.training import train_state
+
+from fmnist_jax import augment
+
+from fmnist_jax import sharding
 
 NUM_CLASSES = 10
 IMAGE_SHAPE = (28, 28, 1)
@@ -56,7 +59,7 @@ def create_state(model: nn.Module, tx: optax.GradientTransformation,
         apply_fn=model.apply, params=params, tx=tx, batch_stats=batch_stats,
         plateau=plateau.init(params), best_params=params, best_batch_stats=batch_stats,
         best_accuracy=jnp.float32(-1.0), best_epoch=jnp.int32(0), stale_epochs=jnp.int32(0),
-        active=jnp.bool_(True))
+        active=jnp.bool_(True)).replace(step=jnp.int32(0))  # not weakly typed: as restored
 
 
 def create_states(model, tx, plateau, init_keys: jax.Array) -> TrainState:
@@ -81,11 +84,19 @@ def metric_sums(logits: jax.Array, labels: jax.Array, loss: jax.Array) -> Metric
             "count": jnp.asarray(labels.shape[0], jnp.int32)}
 
 
-def make_train_step(mean: float, std: float, label_smoothing: float = 0.0):
-    """`train_step(state, batch, rng) -> (state, metrics)` for one member."""
+def make_train_step(mean: float, std: float, label_smoothing: float = 0.0,
+                    augmentation: Mapping[str, Any] | None = None):
+    """`train_step(state, batch, rng) -> (state, metrics)` for one member.
+
+    `augmentation` holds the keyword arguments of `augment.augment`; its key is folded from `rng`,
+    which itself drives dropout, so enabling augmentation leaves the dropout masks as they were.
+    """
 
     def train_step(state: TrainState, batch: dict[str, jax.Array], rng: jax.Array):
-        x = normalize(batch["image"], mean, std)
+        images = batch["image"]
+        if augmentation and any(augmentation.values()):
+            images = augment.augment(jax.random.fold_in(rng, 1), images, **augmentation)
+        x = normalize(images, mean, std)
 
         def loss_fn(params):
             logits, updates = state.apply_fn(
@@ -125,11 +136,14 @@ def _member_update(train_step, state, acc, images, labels, index, dropout_key, g
     return new_state, acc
 
 
-def make_train_span(train_step: Callable, num_members: int, unroll: int = 1):
+def make_train_span(train_step: Callable, num_members: int, unroll: int = 1,
+                    layout: sharding.Layout | None = None):
     """`span(states, acc, images, labels, perms, first, global_first, dropout_keys, length)`.
 
     Runs `length` steps from position `first` of the epoch's permutations `perms` `[S, steps, B]`:
     one step when `length` is 1 (the per-batch loop), else a `lax.scan` (one dispatch per epoch).
+    With a `layout`, each step's batch is split over its mesh and the states and sums come back
+    with the layout's member sharding.
     """
     member = functools.partial(_member_update, train_step)
     if num_members == 1:
@@ -145,13 +159,16 @@ def make_train_span(train_step: Callable, num_members: int, unroll: int = 1):
     def span(states, acc, images, labels, perms, first, global_first, dropout_keys, length):
         def body(carry, i):
             index = jax.lax.dynamic_index_in_dim(perms, first + i, axis=1, keepdims=False)
+            if layout is not None:
+                index = layout.constrain_batch(index)
             return step_all(*carry, images, labels, index, dropout_keys, global_first + i), None
 
         if length == 1:
             return body((states, acc), 0)[0]
         return jax.lax.scan(body, (states, acc), jnp.arange(length), unroll=unroll)[0]
 
-    return jax.jit(span, static_argnames="length", donate_argnums=(0, 1))
+    placed = {} if layout is None else {"out_shardings": (layout.members, layout.members)}
+    return jax.jit(span, static_argnames="length", donate_argnums=(0, 1), **placed)
 
 
 @functools.partial(jax.jit, static_argnames=("num_train", "batch_size"))
@@ -221,4 +238,5 @@ def make_end_of_epoch(plateau: optax.GradientTransformationExtraArgs, use_platea
 
 
 def to_host(tree: Any) -> Any:
-    return jax.tree.map(np.asarray, jax.device_get(tree))
+    """`tree` as numpy arrays; arrays spread over several processes are gathered first."""
+    return jax.tree.map(sharding.fetch, tree)

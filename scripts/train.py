@@ -1,6 +1,7 @@
 """Trains a model on Fashion-MNIST; run again with the same --workdir to resume.
 
   python scripts/train.py --model=cnn --epochs=2
+  python scripts/train.py --model=cnn --seeds=8 --mesh=seeds:8   # one member per device
   python scripts/train.py --config=configs/cnn_deep.py --config.optimizer.learning_rate=3e-3
 """
 
@@ -22,11 +23,17 @@ def main(argv) -> None:
                                           "an existing one is resumed")
     parser.add_argument("--quiet", action="store_true", help="print only the final result")
     parser.add_argument("--debug", action="store_true", help="show tracebacks of input errors")
+    cli.add_device_flags(parser)
     args, rest = parser.parse_known_args(argv)
     config = cli.resolve_config(parser, args, rest)
+    if args.distributed and not args.workdir:
+        parser.error("--distributed needs --workdir: the same folder for every process, on a "
+                     "file system they all see")
+    cli.start_devices(args)
     from fmnist_jax import run  # pylint: disable=import-outside-toplevel  # keeps --help fast
     workdir = args.workdir or cli.default_workdir(config.model.name)
-    run.train_and_evaluate(config, workdir, quiet=args.quiet, command=cli.command_line())
+    run.train_and_evaluate(config, workdir, quiet=args.quiet, command=cli.command_line(),
+                           mesh=args.mesh)
 
 
 if __name__ == "__main__":

@@ -25,12 +25,15 @@ class CNN(nn.Module):
     dense_features: Sequence[int] = (128, 64)
     dropout: float = 0.4
     num_classes: int = 10
+    conv_impl: str = "auto"  # see layers.py: xla, matmul
+    pool_impl: str = "auto"  # see layers.py: window, slices
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
         for features in self.conv_features:
             x = ConvBlock(features, self.kernel_size, self.padding, self.use_batch_norm,
-                          self.norm_before_relu, self.conv_dropout)(x, train=train)
+                          self.norm_before_relu, self.conv_dropout, self.conv_impl,
+                          self.pool_impl)(x, train=train)
         x = x.reshape(x.shape[0], -1)
         for features in self.dense_features:
             x = DenseBlock(features, dropout=self.dropout)(x, train=train)

@@ -1,15 +1,70 @@
-"""Building blocks shared by the models."""
+"""Building blocks shared by the models.
+
+Convolutions and max-pools have interchangeable implementations (same parameters, results equal to
+float tolerance), chosen by `conv_impl` and `pool_impl`; 'auto' picks per backend:
+
+- pool 'slices' (auto on CPU): the max of the four strided 2x2 positions. Its gradient is
+  elementwise and fuses; flax's `nn.max_pool` ('window') differentiates through a variadic
+  `reduce_window` with index tensors and a scatter, which took about half of a cnn train step's
+  CPU time on XLA:CPU. At a tie the gradient is split between the tied inputs instead of going to
+  one; after a ReLU the tied inputs are zeros whose gradient is zero, so parameter gradients agree.
+- conv 'matmul': shifted slices concatenated into patches, then one matrix product. XLA:CPU runs
+  a convolution inside a `lax.scan` body with a slow generic loop instead of Eigen (a cnn epoch
+  as one scan trained ~15x slower); as a matrix product it runs at full speed there. At top level
+  (one jitted step per batch) `nn.Conv` ('xla', auto everywhere) is as fast or faster.
+"""
 
 from __future__ import annotations
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
+from jax import lax
 
 BATCH_NORM_MOMENTUM = 0.9  # flax's 0.99 adapts too slowly for runs of a few thousand steps
+CONV_IMPLS = ("auto", "xla", "matmul")
+POOL_IMPLS = ("auto", "window", "slices")
 
 
 def batch_norm(train: bool) -> nn.BatchNorm:
     return nn.BatchNorm(use_running_average=not train, momentum=BATCH_NORM_MOMENTUM)
+
+
+def conv_as_matmul(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
+                   dimension_numbers=None, feature_group_count=1, precision=None):
+    """`lax.conv_general_dilated` for NHWC x HWIO at stride 1: patches, then one matmul."""
+    del dimension_numbers  # nn.Conv passes NHWC/HWIO for image batches
+    dilated = any(d != 1 for d in (*(lhs_dilation or ()), *(rhs_dilation or ())))
+    if any(s != 1 for s in window_strides) or feature_group_count != 1 or dilated:
+        raise NotImplementedError("conv_impl='matmul' supports stride 1, no dilation, one group")
+    kh, kw, cin, cout = rhs.shape
+    if isinstance(padding, str):
+        padding = lax.padtype_to_pads(lhs.shape[1:3], (kh, kw), (1, 1), padding)
+    x = jnp.pad(lhs, ((0, 0), *padding, (0, 0)))
+    h, w = x.shape[1] - kh + 1, x.shape[2] - kw + 1
+    patches = jnp.concatenate([x[:, i:i + h, j:j + w] for i in range(kh) for j in range(kw)],
+                              axis=-1)  # [B, h, w, kh*kw*cin], in the kernel's HWI order
+    return jnp.dot(patches, rhs.reshape(kh * kw * cin, cout), precision=precision)
+
+
+def resolve_conv_impl(impl: str) -> str:
+    return "xla" if impl == "auto" else impl
+
+
+def resolve_pool_impl(impl: str) -> str:
+    if impl == "auto":
+        return "slices" if jax.default_backend() == "cpu" else "window"
+    return impl
+
+
+def max_pool_2x2(x: jax.Array, impl: str = "auto") -> jax.Array:
+    """2x2 max-pool at stride 2; an odd last row or column is dropped (flax's VALID max_pool)."""
+    if resolve_pool_impl(impl) == "window":
+        return nn.max_pool(x, (2, 2), strides=(2, 2))
+    b, h, w, c = x.shape
+    x = x[:, :h // 2 * 2, :w // 2 * 2].reshape(b, h // 2, 2, w // 2, 2, c)
+    rows = jnp.maximum(x[:, :, 0], x[:, :, 1])
+    return jnp.maximum(rows[:, :, :, 0], rows[:, :, :, 1])
 
 
 class DenseBlock(nn.Module):
@@ -37,14 +92,18 @@ class ConvBlock(nn.Module):
     use_batch_norm: bool = True
     norm_before_relu: bool = True
     dropout: float = 0.0
+    conv_impl: str = "auto"
+    pool_impl: str = "auto"
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
-        x = nn.Conv(self.features, (self.kernel_size, self.kernel_size), padding=self.padding)(x)
+        matmul = resolve_conv_impl(self.conv_impl) == "matmul"
+        x = nn.Conv(self.features, (self.kernel_size, self.kernel_size), padding=self.padding,
+                    conv_general_dilated=conv_as_matmul if matmul else None)(x)
         if self.use_batch_norm and self.norm_before_relu:
             x = batch_norm(train)(x)
         x = nn.relu(x)
         if self.use_batch_norm and not self.norm_before_relu:
             x = batch_norm(train)(x)
-        x = nn.max_pool(x, (2, 2), strides=(2, 2))
+        x = max_pool_2x2(x, self.pool_impl)
         return nn.Dropout(self.dropout, deterministic=not train)(x) if self.dropout else x

@@ -1,0 +1,232 @@
+"""Training and evaluation speed of the real training path, model by model (scripts/benchmark.py).
+
+Each measurement runs in a fresh process (so its peak memory is its own): it builds the run as
+`run.train_and_evaluate` does (same config, `Trainer`, compiled span and epoch loop) on the first
+`train_images` training images, compiles, trains one warm-up epoch, then times epochs until at
+least `min_epochs` and `min_seconds` are done, and times evaluation of the 10,000 test images.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import json
+import multiprocessing
+import os
+import platform
+import resource
+import statistics
+import time
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import ml_collections
+
+from fmnist_jax import config as config_lib
+from fmnist_jax.errors import ConfigError
+
+# name -> (config file, fields that differ from it): the seeds' models at their batch sizes.
+CASES: dict[str, tuple[str, dict[str, Any]]] = {
+    "mlp": ("mlp", {}),
+    "mlp_128_64": ("mlp", {"model.hidden": (128, 64), "model.use_batch_norm": False,
+                           "model.dropout": 0.0, "batch_size": 64}),
+    "cnn": ("cnn", {}),
+    "cnn_deep": ("cnn_deep", {}),
+    "cnn_s003": ("cnn", {"model.conv_features": (32, 32), "model.padding": "VALID",
+                         "model.use_batch_norm": False, "model.dense_features": (100,),
+                         "model.dropout": 0.0, "batch_size": 256}),
+    "lstm": ("lstm", {}),
+}
+
+# Train images/s measured on the 2-core CPU of issue 5 (PyTorch 2.13 and Keras/TF 2.21, 2 threads),
+# the targets set there, and PyTorch's evaluation speed where it was measured (eval target: 3x).
+REFERENCE: dict[str, dict[str, float]] = {
+    "mlp": {"pytorch": 21.7e3, "target": 33e3},
+    "mlp_128_64": {"pytorch": 53.2e3, "keras": 30.5e3, "target": 110e3},
+    "cnn": {"pytorch": 2.6e3, "target": 5e3, "pytorch_eval": 4.2e3},
+    "cnn_deep": {"pytorch": 1.7e3, "target": 1.7e3},
+    "cnn_s003": {"pytorch": 3.9e3, "keras": 9.4e3, "target": 9.4e3},
+    "lstm": {"pytorch": 7.1e3, "keras": 6.2e3, "target": 10.7e3},
+}
+EVAL_FACTOR = 3.0  # evaluation must beat PyTorch's by this factor
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """What every measurement shares."""
+
+    train_images: int = 6400  # per member and epoch, rounded down to whole batches
+    min_epochs: int = 3
+    min_seconds: float = 2.0
+    batch_size: int = 0  # 0: each model's own
+    overrides: tuple[str, ...] = ()  # "field=value" for every model's config
+
+
+def case_config(case: str, seeds: int, mode: str, settings: Settings) -> ml_collections.ConfigDict:
+    """The config a run of `case` would use, with the benchmark's overrides."""
+    if case not in CASES:
+        raise ConfigError(f"unknown model {case!r}; valid: {', '.join(CASES)}")
+    base, fields = CASES[case]
+    config = config_lib.load_config_file(config_lib.model_config_path(base))
+    for field, value in fields.items():
+        *parents, leaf = field.split(".")
+        node = config
+        for parent in parents:
+            node = node[parent]
+        with node.ignore_type():
+            node[leaf] = value
+    for item in settings.overrides:
+        field, _, text = item.partition("=")
+        config_lib.apply_override(config, field, text)
+    if settings.batch_size:
+        config.batch_size = settings.batch_size
+    config.num_seeds, config.epoch_mode = seeds, mode
+    config.data.train_limit = max(settings.train_images // config.batch_size, 1) * config.batch_size
+    config_lib.validate(config)
+    return config
+
+
+def device_description() -> str:
+    """The device kind and count; for a CPU, its model and the cores this process may use."""
+    import jax  # pylint: disable=import-outside-toplevel
+    device = jax.devices()[0]
+    if device.platform != "cpu":
+        return f"{jax.device_count()} x {device.device_kind} ({device.platform})"
+    name = platform.processor() or "CPU"
+    try:
+        with open("/proc/cpuinfo") as f:
+            name = next(l.split(":", 1)[1].strip() for l in f if l.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return f"{name}, {len(os.sched_getaffinity(0))} cores (cpu)"
+
+
+def _timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def measure(case: str, seeds: int, mode: str, settings: Settings) -> dict[str, Any]:
+    """One model's speed with `seeds` members in epoch `mode`, in this process."""
+    import jax  # pylint: disable=import-outside-toplevel  # after the parent chose the flags
+    from fmnist_jax import data, run, sharding  # pylint: disable=import-outside-toplevel
+    from fmnist_jax import train as train_lib  # pylint: disable=import-outside-toplevel
+
+    config = case_config(case, seeds, mode, settings)
+    layout = sharding.make_layout("", seeds)
+    layout.check(config.batch_size, seeds)
+    dataset = data.load(config.data.dir or None, config.data.val_fraction, config.data.split_seed,
+                        config.data.train_limit)
+    parts = run.build(config, len(dataset.train))
+    states = layout.put_members(run.initial_states(config, parts))
+    trainer = run.Trainer(config, None, dataset, parts, True, layout)
+    acc = train_lib.init_accumulator(seeds)
+    trainer.compile(states, acc)
+    flops = trainer.span.lower(*layout.put_members((states, acc)), trainer.images,
+                               trainer.labels, trainer.permutations(0), 0, 0,
+                               trainer.keys["dropout"], length=1).cost_analysis()["flops"]
+
+    def epoch(index: int):
+        nonlocal states
+        result = trainer.run_epoch(states, train_lib.init_accumulator(seeds), run.Position(index),
+                                   run.Interrupt(), None)
+        states = jax.block_until_ready(result[0])
+
+    epoch(0)  # warm-up: first use of every buffer
+    seconds: list[float] = []
+    while len(seconds) < settings.min_epochs or sum(seconds) < settings.min_seconds:
+        seconds.append(_timed(lambda: epoch(len(seconds) + 1)))
+    test = dataset.test
+    images, labels = layout.put_host(test.images), layout.put_host(test.labels)
+    evaluate = lambda: trainer.evaluate(states.params, states.batch_stats, images, labels)
+    eval_compile = _timed(evaluate)
+    eval_seconds = min(_timed(evaluate) for _ in range(3))
+
+    images_per_epoch = trainer.steps_per_epoch * config.batch_size * seeds
+    train_ips = images_per_epoch / statistics.median(seconds)
+    memory = jax.local_devices()[0].memory_stats() or {}
+    return {
+        "model": case, "seeds": seeds, "mode": trainer.mode, "batch_size": config.batch_size,
+        "conv_impl": config.model.get("conv_impl"), "pool_impl": config.model.get("pool_impl"),
+        "steps_per_epoch": trainer.steps_per_epoch, "epochs_timed": len(seconds),
+        "compile_seconds": trainer.compile_seconds, "eval_compile_seconds": eval_compile,
+        "epoch_seconds": statistics.median(seconds), "epoch_seconds_all": seconds,
+        "train_images_per_second": train_ips,
+        "train_images_per_second_best": images_per_epoch / min(seconds),
+        "eval_images_per_second": len(test) * seeds / eval_seconds,
+        "flops_per_image": flops / (config.batch_size * seeds),
+        "gflops_per_second": flops / (config.batch_size * seeds) * train_ips / 1e9,
+        "peak_host_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_device_mib": memory.get("peak_bytes_in_use", 0) / 2**20 or None,
+        "device": device_description(), "xla_flags": os.environ.get("XLA_FLAGS", ""),
+        "jax": jax.__version__,
+    }
+
+
+def measure_in_subprocess(case: str, seeds: int, mode: str, settings: Settings) -> dict[str, Any]:
+    """`measure` in a fresh process: its own peak memory, nothing carried over from the last."""
+    context = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(1, mp_context=context) as pool:
+        return pool.submit(measure, case, seeds, mode, settings).result()
+
+
+def run_all(cases: Sequence[str], seeds: Sequence[int], modes: Sequence[str],
+            settings: Settings) -> Iterable[dict[str, Any]]:
+    """Every case with every seed count and mode, one result at a time."""
+    for case in cases:
+        for mode in modes:
+            for n in seeds:
+                yield measure_in_subprocess(case, n, mode, settings)
+
+
+def _targets(r: dict[str, Any]) -> tuple[str, str]:
+    ref = REFERENCE.get(r["model"], {})
+    train = eval_ = "-"
+    if "target" in ref:
+        met = r["train_images_per_second"] >= ref["target"]
+        train = f"{ref['target'] / 1e3:.1f}k {'met' if met else 'NOT met'}"
+    if "pytorch_eval" in ref:
+        goal = EVAL_FACTOR * ref["pytorch_eval"]
+        eval_ = f"{goal / 1e3:.1f}k {'met' if r['eval_images_per_second'] >= goal else 'NOT met'}"
+    return train, eval_
+
+
+def table(results: Sequence[dict[str, Any]]) -> str:
+    """The results as a fixed-width table, with the reference figures and targets."""
+    head = ("model", "batch", "seeds", "mode", "compile s", "train img/s", "PyTorch", "Keras",
+            "target", "eval img/s", "eval target", "MFLOP/img", "GFLOP/s", "peak MiB")
+    rows = [head]
+    for r in results:
+        ref = REFERENCE.get(r["model"], {})
+        train_target, eval_target = _targets(r)
+        rows.append((
+            r["model"], str(r["batch_size"]), str(r["seeds"]), r["mode"],
+            f"{r['compile_seconds']:.1f}", f"{r['train_images_per_second']:,.0f}",
+            f"{ref['pytorch']:,.0f}" if "pytorch" in ref else "-",
+            f"{ref['keras']:,.0f}" if "keras" in ref else "-", train_target,
+            f"{r['eval_images_per_second']:,.0f}", eval_target,
+            f"{r['flops_per_image'] / 1e6:.1f}", f"{r['gflops_per_second']:.1f}",
+            f"{r['peak_host_mib']:,.0f}" + (f" / {r['peak_device_mib']:,.0f} dev"
+                                            if r["peak_device_mib"] else "")))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(head))]
+    lines = [" | ".join(cell.ljust(w) for cell, w in zip(row, widths)) for row in rows]
+    lines.insert(1, "-+-".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def seed_scaling(results: Sequence[dict[str, Any]]) -> str:
+    """Per model and mode: epoch time with N seeds against N separate runs, time(N) / (N time(1))."""
+    single = {(r["model"], r["mode"]): r["epoch_seconds"] for r in results if r["seeds"] == 1}
+    lines = ["model      | mode | seeds | epoch s | train img/s | time(N) / (N x time(1))"]
+    for r in results:
+        base = single.get((r["model"], r["mode"]))
+        ratio = f"{r['epoch_seconds'] / (r['seeds'] * base):.3f}" if base else "-"
+        lines.append(f"{r['model']:<10} | {r['mode']:<4} | {r['seeds']:>5} | "
+                     f"{r['epoch_seconds']:>7.2f} | {r['train_images_per_second']:>11,.0f} | "
+                     f"{ratio}")
+    return "\n".join(lines)
+
+
+def to_json(result: dict[str, Any]) -> str:
+    return json.dumps(result, sort_keys=True)

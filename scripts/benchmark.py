@@ -1,0 +1,74 @@
+"""Training and evaluation speed of every model on this machine: a table, or JSON lines.
+
+  python scripts/benchmark.py                                  # every model, one seed
+  python scripts/benchmark.py --models=cnn,cnn_deep --modes=loop,scan --json
+  python scripts/benchmark.py --seeds=1,4,8,16 --train-images=1024   # multi-seed scaling
+  python scripts/benchmark.py --models=cnn --config.model.conv_impl=matmul
+
+Per model: compile time, steady-state train images/s (median epoch), evaluation images/s over
+the 10,000 test images, FLOPs per image from XLA's cost analysis and the GFLOP/s that makes, peak
+host memory (and device memory where the device reports it). Each measurement runs in a fresh
+process, through the same Trainer and compiled span as scripts/train.py, on the first
+--train-images training images (the speed is the steady state, so a slice suffices).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from fmnist_jax import benchmark, cli  # noqa: E402  pylint: disable=wrong-import-position
+
+
+def _ints(text: str) -> list[int]:
+    return [int(v) for v in text.split(",") if v]
+
+
+def main(argv) -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", default=",".join(benchmark.CASES),
+                        help=f"comma-separated, from {', '.join(benchmark.CASES)} (default all)")
+    parser.add_argument("--seeds", type=_ints, default=[1],
+                        help="member counts, e.g. 1,4,8,16: time per epoch and time(N)/(N time(1))")
+    parser.add_argument("--modes", default="auto",
+                        help="epoch modes to measure: auto, loop, scan (comma-separated)")
+    parser.add_argument("--batch-size", type=int, default=0, help="every model's (default: its own)")
+    parser.add_argument("--train-images", type=int, default=benchmark.Settings.train_images,
+                        help="training images per member and epoch")
+    parser.add_argument("--min-epochs", type=int, default=benchmark.Settings.min_epochs)
+    parser.add_argument("--min-seconds", type=float, default=benchmark.Settings.min_seconds,
+                        help="time at least this long per model, after a warm-up epoch")
+    parser.add_argument("--json", action="store_true", help="JSON lines on stdout; tables on stderr")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks of input errors")
+    args, rest = parser.parse_known_args(argv)
+    unknown = [a for a in rest if not a.startswith("--config.")]
+    if unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    overrides = tuple(a.removeprefix("--config.") for a in rest)
+    settings = benchmark.Settings(args.train_images, args.min_epochs, args.min_seconds,
+                                  args.batch_size, overrides)
+    cases, modes = args.models.split(","), args.modes.split(",")
+    for case in cases:  # a bad name or field fails now, not after minutes of measuring
+        benchmark.case_config(case, 1, modes[0], settings)
+    tables = sys.stderr if args.json else sys.stdout
+    results = []
+    for result in benchmark.run_all(cases, args.seeds, modes, settings):
+        results.append(result)
+        if args.json:
+            print(benchmark.to_json(result), flush=True)
+        print(f"{result['model']} ({result['seeds']} seed(s), {result['mode']}): "
+              f"{result['train_images_per_second']:,.0f} train img/s, "
+              f"{result['eval_images_per_second']:,.0f} eval img/s", file=sys.stderr, flush=True)
+    print(f"\ndevice: {results[0]['device']} | jax {results[0]['jax']} | XLA_FLAGS="
+          f"{results[0]['xla_flags'] or '(none)'}", file=tables)
+    print(benchmark.table(results), file=tables)
+    if len(args.seeds) > 1:
+        print("\n" + benchmark.seed_scaling(results), file=tables)
+
+
+if __name__ == "__main__":
+    cli.main_guard(main)
