@@ -9,7 +9,9 @@ import pytest
 from conftest import run_script
 
 pytestmark = pytest.mark.e2e
-SLICE = ["--train-limit=2000", "--batch-size=100", "--config.data.val_fraction=0.05"]
+# A constant learning rate: a schedule over the run's epochs would change when --epochs grows.
+SLICE = ["--train-limit=2000", "--batch-size=100", "--config.data.val_fraction=0.05",
+         "--config.schedule.name=constant"]
 
 
 def read_jsonl(path):
