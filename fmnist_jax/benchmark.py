@@ -20,10 +20,14 @@ import time
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+import jax
 import ml_collections
 
 from fmnist_jax import config as config_lib
+from fmnist_jax import data, run, sharding
+from fmnist_jax import train as train_lib
 from fmnist_jax.errors import ConfigError
+from fmnist_jax.models import layers
 
 # name -> (config file, fields that differ from it): the seeds' models at their batch sizes.
 CASES: dict[str, tuple[str, dict[str, Any]]] = {
@@ -49,6 +53,7 @@ REFERENCE: dict[str, dict[str, float]] = {
     "lstm": {"pytorch": 7.1e3, "keras": 6.2e3, "target": 10.7e3},
 }
 EVAL_FACTOR = 3.0  # evaluation must beat PyTorch's by this factor
+LOOP_MARK = "*"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,7 +93,6 @@ def case_config(case: str, seeds: int, mode: str, settings: Settings) -> ml_coll
 
 def device_description() -> str:
     """The device kind and count; for a CPU, its model and the cores this process may use."""
-    import jax  # pylint: disable=import-outside-toplevel
     device = jax.devices()[0]
     if device.platform != "cpu":
         return f"{jax.device_count()} x {device.device_kind} ({device.platform})"
@@ -107,56 +111,66 @@ def _timed(fn) -> float:
     return time.perf_counter() - start
 
 
-def measure(case: str, seeds: int, mode: str, settings: Settings) -> dict[str, Any]:
-    """One model's speed with `seeds` members in epoch `mode`, in this process."""
-    import jax  # pylint: disable=import-outside-toplevel  # after the parent chose the flags
-    from fmnist_jax import data, run, sharding  # pylint: disable=import-outside-toplevel
-    from fmnist_jax import train as train_lib  # pylint: disable=import-outside-toplevel
+def _implementations(model_config: ml_collections.ConfigDict) -> dict[str, str]:
+    """The conv and pool implementations a CNN trains and evaluates with ('auto' resolved)."""
+    if "conv_impl" not in model_config:
+        return {}
+    conv, pool = model_config.conv_impl, model_config.pool_impl
+    return {"conv_impl_train": layers.resolve_conv_impl(conv, train=True),
+            "conv_impl_eval": layers.resolve_conv_impl(conv, train=False),
+            "pool_impl": layers.resolve_pool_impl(pool)}
 
-    config = case_config(case, seeds, mode, settings)
-    layout = sharding.make_layout("", seeds)
-    layout.check(config.batch_size, seeds)
+
+def _trainer(config: ml_collections.ConfigDict) -> tuple[run.Trainer, Any, data.Dataset]:
+    """The run's Trainer, its initial states on the devices, and the dataset."""
+    layout = sharding.make_layout("", config.num_seeds)
+    layout.check(config.batch_size, config.num_seeds)
     dataset = data.load(config.data.dir or None, config.data.val_fraction, config.data.split_seed,
                         config.data.train_limit)
     parts = run.build(config, len(dataset.train))
     states = layout.put_members(run.initial_states(config, parts))
-    trainer = run.Trainer(config, None, dataset, parts, True, layout)
+    return run.Trainer(config, None, dataset, parts, True, layout), states, dataset
+
+
+def measure(case: str, seeds: int, mode: str, settings: Settings) -> dict[str, Any]:
+    """One model's speed with `seeds` members in epoch `mode`, in this process."""
+    config = case_config(case, seeds, mode, settings)
+    trainer, states, dataset = _trainer(config)
     acc = train_lib.init_accumulator(seeds)
     trainer.compile(states, acc)
-    flops = trainer.span.lower(*layout.put_members((states, acc)), trainer.images,
-                               trainer.labels, trainer.permutations(0), 0, 0,
-                               trainer.keys["dropout"], length=1).cost_analysis()["flops"]
+    step = trainer.span.lower(*trainer.layout.put_members((states, acc)), trainer.images,
+                              trainer.labels, trainer.permutations(0), 0, 0,
+                              trainer.keys["dropout"], length=1)
+    flops = step.cost_analysis()["flops"] / (config.batch_size * seeds)
 
-    def epoch(index: int):
+    def epoch(index: int) -> None:
         nonlocal states
-        result = trainer.run_epoch(states, train_lib.init_accumulator(seeds), run.Position(index),
-                                   run.Interrupt(), None)
-        states = jax.block_until_ready(result[0])
+        states = jax.block_until_ready(trainer.run_epoch(
+            states, train_lib.init_accumulator(seeds), run.Position(index), run.Interrupt(),
+            None)[0])
 
     epoch(0)  # warm-up: first use of every buffer
     seconds: list[float] = []
     while len(seconds) < settings.min_epochs or sum(seconds) < settings.min_seconds:
         seconds.append(_timed(lambda: epoch(len(seconds) + 1)))
     test = dataset.test
-    images, labels = layout.put_host(test.images), layout.put_host(test.labels)
+    images, labels = trainer.layout.put_host(test.images), trainer.layout.put_host(test.labels)
     evaluate = lambda: trainer.evaluate(states.params, states.batch_stats, images, labels)
     eval_compile = _timed(evaluate)
     eval_seconds = min(_timed(evaluate) for _ in range(3))
-
     images_per_epoch = trainer.steps_per_epoch * config.batch_size * seeds
     train_ips = images_per_epoch / statistics.median(seconds)
     memory = jax.local_devices()[0].memory_stats() or {}
     return {
         "model": case, "seeds": seeds, "mode": trainer.mode, "batch_size": config.batch_size,
-        "conv_impl": config.model.get("conv_impl"), "pool_impl": config.model.get("pool_impl"),
-        "steps_per_epoch": trainer.steps_per_epoch, "epochs_timed": len(seconds),
+        **_implementations(config.model), "steps_per_epoch": trainer.steps_per_epoch,
         "compile_seconds": trainer.compile_seconds, "eval_compile_seconds": eval_compile,
         "epoch_seconds": statistics.median(seconds), "epoch_seconds_all": seconds,
         "train_images_per_second": train_ips,
         "train_images_per_second_best": images_per_epoch / min(seconds),
         "eval_images_per_second": len(test) * seeds / eval_seconds,
-        "flops_per_image": flops / (config.batch_size * seeds),
-        "gflops_per_second": flops / (config.batch_size * seeds) * train_ips / 1e9,
+        "flops_per_image": flops, "gflops_per_second": flops * train_ips / 1e9,
+        "flops_loop_bodies_once": "stablehlo.while" in step.as_text(),  # XLA counts them once
         "peak_host_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "peak_device_mib": memory.get("peak_bytes_in_use", 0) / 2**20 or None,
         "device": device_description(), "xla_flags": os.environ.get("XLA_FLAGS", ""),
@@ -206,12 +220,16 @@ def table(results: Sequence[dict[str, Any]]) -> str:
             f"{ref['pytorch']:,.0f}" if "pytorch" in ref else "-",
             f"{ref['keras']:,.0f}" if "keras" in ref else "-", train_target,
             f"{r['eval_images_per_second']:,.0f}", eval_target,
-            f"{r['flops_per_image'] / 1e6:.1f}", f"{r['gflops_per_second']:.1f}",
+            f"{r['flops_per_image'] / 1e6:.1f}" + LOOP_MARK * r["flops_loop_bodies_once"],
+            f"{r['gflops_per_second']:.1f}" + LOOP_MARK * r["flops_loop_bodies_once"],
             f"{r['peak_host_mib']:,.0f}" + (f" / {r['peak_device_mib']:,.0f} dev"
                                             if r["peak_device_mib"] else "")))
     widths = [max(len(row[i]) for row in rows) for i in range(len(head))]
     lines = [" | ".join(cell.ljust(w) for cell, w in zip(row, widths)) for row in rows]
     lines.insert(1, "-+-".join("-" * w for w in widths))
+    if any(r["flops_loop_bodies_once"] for r in results):
+        lines.append(f"{LOOP_MARK} XLA's cost analysis counts a while loop's body once (the lstm's "
+                     f"timesteps count as one): a lower bound")
     return "\n".join(lines)
 
 

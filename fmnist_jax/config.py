@@ -61,7 +61,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.schedule.plateau_patience = 2
     c.schedule.plateau_min_factor = 0.01
 
-    c.epoch_mode = "auto"  # loop: one jitted step per batch; scan: one dispatch per epoch
+    c.epoch_mode = "auto"  # loop: one jitted step per batch; scan (auto): one dispatch per epoch
     c.scan_unroll = 1
     c.checkpoints_to_keep = 2
     return c

@@ -34,7 +34,10 @@ from fmnist_jax.errors import CheckpointError, ConfigError, TrainingDiverged, Us
 from fmnist_jax.models import create_model, param_count
 
 # Fields that may change between a run and its resumption; any other change is refused.
-RESUMABLE_CHANGES = ("epochs", "data.dir", "checkpoints_to_keep")
+# Fields a resumed run may change: the length, where the data is read from, and implementation
+# choices that compute the same function (a workdir written before a field existed reads as None).
+RESUMABLE_CHANGES = ("epochs", "data.dir", "checkpoints_to_keep", "epoch_mode", "scan_unroll",
+                     "model.conv_impl", "model.pool_impl")
 PROGRESS_EVERY = 25  # steps between reads of the running loss for the progress bar
 
 
@@ -208,9 +211,9 @@ class Trainer:
         self.labels = layout.put_host(dataset.train.labels)
         self.val_images = layout.put_host(dataset.val.images)
         self.val_labels = layout.put_host(dataset.val.labels)
-        self.mode = config.epoch_mode
-        if self.mode == "auto":  # XLA:CPU runs conv gradients slowly inside a scan body
-            self.mode = "loop" if jax.default_backend() == "cpu" else "scan"
+        # auto is scan on every backend, CPU included: there the CNNs train their convolutions
+        # as matrix products, which XLA:CPU runs at full speed in a scan body (models/layers.py)
+        self.mode = "scan" if config.epoch_mode == "auto" else config.epoch_mode
         step = train_lib.make_train_step(dataset.mean, dataset.std, config.label_smoothing,
                                          config.augment.to_dict())
         self.span = train_lib.make_train_span(step, self.num_members, config.scan_unroll, layout)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from fmnist_jax import config as config_lib
-from fmnist_jax.errors import ConfigError
+from fmnist_jax import run
+from fmnist_jax.errors import CheckpointError, ConfigError
 from fmnist_jax.models import MODELS
 
 
@@ -52,3 +53,15 @@ def test_invalid_values_are_refused(field, value, message):
 def test_unknown_model_lists_the_valid_ones():
     with pytest.raises(ConfigError, match="valid models: mlp, cnn, cnn_deep, lstm"):
         config_lib.model_config_path("vgg")
+
+
+
+def test_resume_accepts_implementation_changes_and_refuses_others(tmp_path):
+    config = config_lib.load_config_file(config_lib.model_config_path("cnn"))
+    stored = run.config_to_json(config)
+    del stored["model"]["conv_impl"]  # a workdir written before the field existed
+    stored["epoch_mode"], stored["epochs"] = "loop", 1
+    run.check_resumable(stored, config, tmp_path)  # the same function computed: it resumes
+    stored["model"]["dropout"] = 0.1
+    with pytest.raises(CheckpointError, match=r"model.dropout \(0.1 -> 0.4\)"):
+        run.check_resumable(stored, config, tmp_path)

@@ -104,9 +104,11 @@ def test_conv_as_matmul_refuses_strides():
 
 
 def test_auto_resolves_per_backend():
-    assert layers.resolve_conv_impl("auto") == "xla"
-    assert layers.resolve_pool_impl("auto") == (
-        "slices" if jax.default_backend() == "cpu" else "window")
+    cpu = jax.default_backend() == "cpu"
+    assert layers.resolve_conv_impl("auto", train=True) == ("matmul" if cpu else "xla")
+    assert layers.resolve_conv_impl("auto", train=False) == "xla"
+    assert layers.resolve_conv_impl("matmul", train=False) == "matmul"
+    assert layers.resolve_pool_impl("auto") == ("slices" if cpu else "window")
     assert layers.resolve_pool_impl("window") == "window"
 
 
@@ -176,7 +178,8 @@ def fake_result(model: str, seeds: int, epoch_seconds: float) -> dict:
             "compile_seconds": 1.0, "epoch_seconds": epoch_seconds,
             "train_images_per_second": 6000.0 * seeds / epoch_seconds,
             "eval_images_per_second": 20000.0, "flops_per_image": 2.4e7,
-            "gflops_per_second": 144.0, "peak_host_mib": 900.0, "peak_device_mib": None}
+            "gflops_per_second": 144.0, "flops_loop_bodies_once": model == "lstm",
+            "peak_host_mib": 900.0, "peak_device_mib": None}
 
 
 def test_benchmark_tables_show_targets_and_seed_scaling():
@@ -184,5 +187,6 @@ def test_benchmark_tables_show_targets_and_seed_scaling():
     text = benchmark.table(results)
     assert "5.0k met" in text and "12.6k met" in text and "2,600" in text
     assert "NOT met" in benchmark.table([fake_result("cnn", 1, 10.0)])
+    assert "counts a while loop's body once" in benchmark.table([fake_result("lstm", 1, 1.0)])
     scaling = benchmark.seed_scaling(results).splitlines()
     assert scaling[1].endswith("1.000") and scaling[2].endswith("0.750")

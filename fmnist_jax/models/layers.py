@@ -1,17 +1,20 @@
 """Building blocks shared by the models.
 
-Convolutions and max-pools have interchangeable implementations (same parameters, results equal to
-float tolerance), chosen by `conv_impl` and `pool_impl`; 'auto' picks per backend:
+Convolutions and max-pools have interchangeable implementations (the same parameters, results
+equal to float tolerance), chosen by `conv_impl` and `pool_impl`; 'auto' picks per backend:
 
-- pool 'slices' (auto on CPU): the max of the four strided 2x2 positions. Its gradient is
-  elementwise and fuses; flax's `nn.max_pool` ('window') differentiates through a variadic
+- conv 'matmul' (auto on CPU in training): shifted slices concatenated into patches, then one
+  matrix product. XLA:CPU leaves Eigen for a generic loop when it runs a convolution's gradient
+  inside a `lax.scan` body (a cnn epoch as one scan trained ~15x slower) and for the grouped
+  convolution that `jax.vmap` makes of several seeds' kernels (4 seeds trained ~4.6x slower than
+  4 separate runs); as matrix products both run at full speed. 'xla' is `nn.Conv`: auto on other
+  backends, and on CPU for evaluation, where the patches of a 1,000-image batch would be large
+  (it evaluated ~2x faster).
+- pool 'slices' (auto on CPU): the max of the four strided 2x2 positions; its gradient is
+  elementwise and fuses. `nn.max_pool` ('window') differentiates through a variadic
   `reduce_window` with index tensors and a scatter, which took about half of a cnn train step's
-  CPU time on XLA:CPU. At a tie the gradient is split between the tied inputs instead of going to
-  one; after a ReLU the tied inputs are zeros whose gradient is zero, so parameter gradients agree.
-- conv 'matmul': shifted slices concatenated into patches, then one matrix product. XLA:CPU runs
-  a convolution inside a `lax.scan` body with a slow generic loop instead of Eigen (a cnn epoch
-  as one scan trained ~15x slower); as a matrix product it runs at full speed there. At top level
-  (one jitted step per batch) `nn.Conv` ('xla', auto everywhere) is as fast or faster.
+  CPU time. At a tie the gradient is split between the tied inputs instead of going to one; after
+  a ReLU the tied inputs are zeros whose gradient is zero, so parameter gradients agree.
 """
 
 from __future__ import annotations
@@ -47,8 +50,10 @@ def conv_as_matmul(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dil
     return jnp.dot(patches, rhs.reshape(kh * kw * cin, cout), precision=precision)
 
 
-def resolve_conv_impl(impl: str) -> str:
-    return "xla" if impl == "auto" else impl
+def resolve_conv_impl(impl: str, train: bool) -> str:
+    if impl == "auto":
+        return "matmul" if train and jax.default_backend() == "cpu" else "xla"
+    return impl
 
 
 def resolve_pool_impl(impl: str) -> str:
@@ -97,7 +102,7 @@ class ConvBlock(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
-        matmul = resolve_conv_impl(self.conv_impl) == "matmul"
+        matmul = resolve_conv_impl(self.conv_impl, train) == "matmul"
         x = nn.Conv(self.features, (self.kernel_size, self.kernel_size), padding=self.padding,
                     conv_general_dilated=conv_as_matmul if matmul else None)(x)
         if self.use_batch_norm and self.norm_before_relu:
