@@ -8,14 +8,14 @@ least `min_epochs` and `min_seconds` are done, and times evaluation of the 10,00
 
 from __future__ import annotations
 
-import concurrent.futures
 import dataclasses
 import json
-import multiprocessing
 import os
 import platform
 import resource
 import statistics
+import subprocess
+import sys
 import time
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -64,6 +64,7 @@ class Settings:
     min_epochs: int = 3
     min_seconds: float = 2.0
     batch_size: int = 0  # 0: each model's own
+    eval_repeats: int = 3  # timed evaluations of the test split (best kept); 0: not timed
     overrides: tuple[str, ...] = ()  # "field=value" for every model's config
 
 
@@ -156,8 +157,8 @@ def measure(case: str, seeds: int, mode: str, settings: Settings) -> dict[str, A
     test = dataset.test
     images, labels = trainer.layout.put_host(test.images), trainer.layout.put_host(test.labels)
     evaluate = lambda: trainer.evaluate(states.params, states.batch_stats, images, labels)
-    eval_compile = _timed(evaluate)
-    eval_seconds = min(_timed(evaluate) for _ in range(3))
+    eval_compile = _timed(evaluate) if settings.eval_repeats else None
+    eval_seconds = min((_timed(evaluate) for _ in range(settings.eval_repeats)), default=None)
     images_per_epoch = trainer.steps_per_epoch * config.batch_size * seeds
     train_ips = images_per_epoch / statistics.median(seconds)
     memory = jax.local_devices()[0].memory_stats() or {}
@@ -168,7 +169,7 @@ def measure(case: str, seeds: int, mode: str, settings: Settings) -> dict[str, A
         "epoch_seconds": statistics.median(seconds), "epoch_seconds_all": seconds,
         "train_images_per_second": train_ips,
         "train_images_per_second_best": images_per_epoch / min(seconds),
-        "eval_images_per_second": len(test) * seeds / eval_seconds,
+        "eval_images_per_second": eval_seconds and len(test) * seeds / eval_seconds,
         "flops_per_image": flops, "gflops_per_second": flops * train_ips / 1e9,
         "flops_loop_bodies_once": "stablehlo.while" in step.as_text(),  # XLA counts them once
         "peak_host_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
@@ -179,10 +180,18 @@ def measure(case: str, seeds: int, mode: str, settings: Settings) -> dict[str, A
 
 
 def measure_in_subprocess(case: str, seeds: int, mode: str, settings: Settings) -> dict[str, Any]:
-    """`measure` in a fresh process: its own peak memory, nothing carried over from the last."""
-    context = multiprocessing.get_context("spawn")
-    with concurrent.futures.ProcessPoolExecutor(1, mp_context=context) as pool:
-        return pool.submit(measure, case, seeds, mode, settings).result()
+    """`measure` in a fresh Python process: its own peak memory, nothing carried over from the last.
+
+    A plain subprocess (`python -m fmnist_jax.benchmark`), not a multiprocessing child: an lstm
+    with 8 seeds deadlocked inside XLA in a spawned multiprocessing worker, never in a process of
+    its own. The child's errors reach the terminal; its result comes back as one JSON line.
+    """
+    request = json.dumps([case, seeds, mode, dataclasses.asdict(settings)])
+    done = subprocess.run([sys.executable, "-m", "fmnist_jax.benchmark", request], check=False,
+                          stdout=subprocess.PIPE, text=True, env=os.environ.copy())
+    if done.returncode:
+        raise RuntimeError(f"measuring {case} with {seeds} seed(s) failed (exit {done.returncode})")
+    return json.loads(done.stdout.splitlines()[-1])
 
 
 def run_all(cases: Sequence[str], seeds: Sequence[int], modes: Sequence[str],
@@ -200,10 +209,14 @@ def _targets(r: dict[str, Any]) -> tuple[str, str]:
     if "target" in ref:
         met = r["train_images_per_second"] >= ref["target"]
         train = f"{ref['target'] / 1e3:.1f}k {'met' if met else 'NOT met'}"
-    if "pytorch_eval" in ref:
+    if "pytorch_eval" in ref and r["eval_images_per_second"]:
         goal = EVAL_FACTOR * ref["pytorch_eval"]
         eval_ = f"{goal / 1e3:.1f}k {'met' if r['eval_images_per_second'] >= goal else 'NOT met'}"
     return train, eval_
+
+
+def format_rate(images_per_second: float | None) -> str:
+    return f"{images_per_second:,.0f}" if images_per_second else "-"
 
 
 def table(results: Sequence[dict[str, Any]]) -> str:
@@ -219,7 +232,7 @@ def table(results: Sequence[dict[str, Any]]) -> str:
             f"{r['compile_seconds']:.1f}", f"{r['train_images_per_second']:,.0f}",
             f"{ref['pytorch']:,.0f}" if "pytorch" in ref else "-",
             f"{ref['keras']:,.0f}" if "keras" in ref else "-", train_target,
-            f"{r['eval_images_per_second']:,.0f}", eval_target,
+            format_rate(r["eval_images_per_second"]), eval_target,
             f"{r['flops_per_image'] / 1e6:.1f}" + LOOP_MARK * r["flops_loop_bodies_once"],
             f"{r['gflops_per_second']:.1f}" + LOOP_MARK * r["flops_loop_bodies_once"],
             f"{r['peak_host_mib']:,.0f}" + (f" / {r['peak_device_mib']:,.0f} dev"
@@ -248,3 +261,9 @@ def seed_scaling(results: Sequence[dict[str, Any]]) -> str:
 
 def to_json(result: dict[str, Any]) -> str:
     return json.dumps(result, sort_keys=True)
+
+
+if __name__ == "__main__":  # one measurement, for measure_in_subprocess
+    _case, _seeds, _mode, _settings = json.loads(sys.argv[1])
+    _settings["overrides"] = tuple(_settings["overrides"])
+    print(to_json(measure(_case, _seeds, _mode, Settings(**_settings))), flush=True)

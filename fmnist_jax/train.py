@@ -63,8 +63,13 @@ def create_state(model: nn.Module, tx: optax.GradientTransformation,
 
 
 def create_states(model, tx, plateau, init_keys: jax.Array) -> TrainState:
-    """The stacked initial states of all members."""
-    return jax.vmap(functools.partial(create_state, model, tx, plateau))(init_keys)
+    """The stacked initial states of all members, one member after the other.
+
+    `lax.map`, not `vmap`: jitted, the vmapped initialisation of the lstm (a scan) with 8 members
+    deadlocked XLA:CPU (jaxlib 0.10.2) in about half of the runs; mapped it never did. The values
+    are the same either way (each member's draws depend on its key only).
+    """
+    return jax.lax.map(functools.partial(create_state, model, tx, plateau), init_keys)
 
 
 def normalize(images: jax.Array, mean: float, std: float) -> jax.Array:

@@ -42,15 +42,20 @@ def main(argv) -> None:
     parser.add_argument("--min-epochs", type=int, default=benchmark.Settings.min_epochs)
     parser.add_argument("--min-seconds", type=float, default=benchmark.Settings.min_seconds,
                         help="time at least this long per model, after a warm-up epoch")
+    parser.add_argument("--eval-repeats", type=int, default=benchmark.Settings.eval_repeats,
+                        help="timed evaluations of the 10,000 test images, the best kept "
+                             "(0: evaluation not timed, e.g. for seed scaling)")
     parser.add_argument("--json", action="store_true", help="JSON lines on stdout; tables on stderr")
     parser.add_argument("--debug", action="store_true", help="show tracebacks of input errors")
     args, rest = parser.parse_known_args(argv)
     unknown = [a for a in rest if not a.startswith("--config.")]
     if unknown:
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    if args.eval_repeats < 0:
+        parser.error(f"--eval-repeats={args.eval_repeats} must be 0 or more")
     overrides = tuple(a.removeprefix("--config.") for a in rest)
     settings = benchmark.Settings(args.train_images, args.min_epochs, args.min_seconds,
-                                  args.batch_size, overrides)
+                                  args.batch_size, args.eval_repeats, overrides)
     cases, modes = args.models.split(","), args.modes.split(",")
     for case in cases:  # a bad name or field fails now, not after minutes of measuring
         benchmark.case_config(case, 1, modes[0], settings)
@@ -62,7 +67,8 @@ def main(argv) -> None:
             print(benchmark.to_json(result), flush=True)
         print(f"{result['model']} ({result['seeds']} seed(s), {result['mode']}): "
               f"{result['train_images_per_second']:,.0f} train img/s, "
-              f"{result['eval_images_per_second']:,.0f} eval img/s", file=sys.stderr, flush=True)
+              f"{benchmark.format_rate(result['eval_images_per_second'])} eval img/s",
+              file=sys.stderr, flush=True)
     print(f"\ndevice: {results[0]['device']} | jax {results[0]['jax']} | XLA_FLAGS="
           f"{results[0]['xla_flags'] or '(none)'}", file=tables)
     print(benchmark.table(results), file=tables)

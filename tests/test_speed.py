@@ -188,5 +188,7 @@ def test_benchmark_tables_show_targets_and_seed_scaling():
     assert "5.0k met" in text and "12.6k met" in text and "2,600" in text
     assert "NOT met" in benchmark.table([fake_result("cnn", 1, 10.0)])
     assert "counts a while loop's body once" in benchmark.table([fake_result("lstm", 1, 1.0)])
+    untimed = benchmark.table([{**fake_result("cnn", 1, 1.0), "eval_images_per_second": None}])
+    assert "12.6k" not in untimed and "| -" in untimed.splitlines()[-1]
     scaling = benchmark.seed_scaling(results).splitlines()
     assert scaling[1].endswith("1.000") and scaling[2].endswith("0.750")
