@@ -9,7 +9,6 @@ FAULT is one of
   sigkill-after-save@N  SIGKILL right after the save of checkpoint step N started (in flight)
   offline               no Debian package folder, and the download host refuses connections
   max-file-size@N       writing a file past N bytes fails (EFBIG), as writing to a full disk does
-  gpu-backend           JAX reports a GPU backend, so epoch_mode=auto picks scan (on the CPU)
 
 The faults hook the training loop's compiled step and `Checkpoints.save` from outside; the script
 itself runs unchanged.
@@ -111,8 +110,6 @@ def install(fault: str) -> None:
         data.DEBIAN_DIR = Path("/nonexistent/fashion-mnist")
         _CLOSED_PORT.bind(("127.0.0.1", 0))  # bound, never listening: connections are refused
         data.DOWNLOAD_URL = f"http://127.0.0.1:{_CLOSED_PORT.getsockname()[1]}/"
-    elif name == "gpu-backend":
-        jax.default_backend = lambda: "gpu"
     elif name == "max-file-size":
         resource.setrlimit(resource.RLIMIT_FSIZE, (int(at), int(at)))  # Python ignores SIGXFSZ
     else:

@@ -201,10 +201,11 @@ def test_too_little_space_for_the_checkpoints_fails_before_training(tmp_path, mo
 
 def test_ctrl_c_in_loop_mode_then_resuming_in_scan_mode_continues_from_the_same_step(
         tmp_path, reference):
-    """A run stopped mid-epoch on a CPU (auto: loop) and resumed where auto picks scan (a GPU)."""
-    stopped = train(tmp_path, "--config.epoch_mode=auto", fault="sigint@21")
+    """A run stopped mid-epoch in loop mode (one step per dispatch), resumed in scan mode: the
+    rest of the interrupted epoch runs as a shorter scan, the next ones as whole-epoch scans."""
+    stopped = train(tmp_path, fault="sigint@21")
     assert stopped.returncode == 130, stopped.stderr
-    resumed = train(tmp_path, "--config.epoch_mode=auto", fault="gpu-backend")
+    resumed = train(tmp_path, "--config.epoch_mode=scan")
     assert resumed.returncode == 0, resumed.stderr
     assert "| scan mode |" in resumed.stdout
     assert "resumed from checkpoint step 22:" in resumed.stdout
