@@ -182,13 +182,13 @@ def measure(case: str, seeds: int, mode: str, settings: Settings) -> dict[str, A
 def measure_in_subprocess(case: str, seeds: int, mode: str, settings: Settings) -> dict[str, Any]:
     """`measure` in a fresh Python process: its own peak memory, nothing carried over from the last.
 
-    A plain subprocess (`python -m fmnist_jax.benchmark`), not a multiprocessing child: an lstm
-    with 8 seeds deadlocked inside XLA in a spawned multiprocessing worker, never in a process of
-    its own. The child's errors reach the terminal; its result comes back as one JSON line.
+    A plain subprocess (`python -m fmnist_jax.benchmark`) rather than a multiprocessing pool:
+    nothing to pickle, no pool left behind, the child's errors reach the terminal, and its result
+    comes back as one JSON line.
     """
     request = json.dumps([case, seeds, mode, dataclasses.asdict(settings)])
     done = subprocess.run([sys.executable, "-m", "fmnist_jax.benchmark", request], check=False,
-                          stdout=subprocess.PIPE, text=True, env=os.environ.copy())
+                          stdout=subprocess.PIPE, text=True)
     if done.returncode:
         raise RuntimeError(f"measuring {case} with {seeds} seed(s) failed (exit {done.returncode})")
     return json.loads(done.stdout.splitlines()[-1])
