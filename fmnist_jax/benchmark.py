@@ -73,7 +73,7 @@ def case_config(case: str, seeds: int, mode: str, settings: Settings) -> ml_coll
     if case not in CASES:
         raise ConfigError(f"unknown model {case!r}; valid: {', '.join(CASES)}")
     base, fields = CASES[case]
-    config = config_lib.load_config_file(config_lib.model_config_path(base))
+    config = config_lib.model_config(base)
     for field, value in fields.items():
         *parents, leaf = field.split(".")
         node = config

@@ -38,7 +38,7 @@ def _fields_help() -> str:
     lines += [f"  {k} = {v!r}" for k, v in base.items() if k != "model.name"]
     lines.append("model fields (--config.model.FIELD=VALUE), per model config:")
     for name in MODELS:
-        model = config_lib.load_config_file(config_lib.model_config_path(name)).model
+        model = config_lib.model_config(name).model
         fields = ", ".join(f"{k}={v!r}" for k, v in model.items() if k != "name")
         lines.append(f"  {name}: {fields}")
     return "\n".join(lines)

@@ -12,7 +12,7 @@ from typing import Any
 import ml_collections
 
 from fmnist_jax.errors import ConfigError
-from fmnist_jax.models import MODELS
+from fmnist_jax.models import COMPUTE_DTYPES, MODELS
 from fmnist_jax.models.layers import CONV_IMPLS, POOL_IMPLS
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
@@ -32,6 +32,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.eval_batch_size = 1000
     c.label_smoothing = 0.0
     c.early_stopping_patience = 0  # epochs without a better validation accuracy; 0 = off
+    c.ema_decay = 0.0  # > 0: keep an exponential moving average of the weights, and evaluate it
+    c.compute_dtype = "float32"  # or bfloat16: activations and matmuls; parameters stay float32
 
     c.augment = ml_collections.ConfigDict()  # on-device, inside the compiled step; all off here
     c.augment.translate = 0  # random translation by up to N pixels (pad and crop)
@@ -92,6 +94,11 @@ def model_config_path(model: str) -> Path:
     if model not in MODELS or not path.is_file():
         raise ConfigError(f"unknown model {model!r}; valid models: {', '.join(MODELS)}")
     return path
+
+
+def model_config(model: str) -> ml_collections.ConfigDict:
+    """The config of `configs/<model>.py`; tuned recipes and replicas start from it."""
+    return load_config_file(model_config_path(model))
 
 
 def flatten(config: ml_collections.ConfigDict, prefix: str = "") -> dict[str, Any]:
@@ -163,6 +170,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
     _require(0 <= config.label_smoothing < 1, "config.label_smoothing must lie in [0, 1)")
     _require(0 <= config.augment.translate < 14 and 0 <= config.augment.erase <= 28,
              "config.augment.translate must lie in [0, 14) and config.augment.erase in [0, 28]")
+    _require(0 <= config.ema_decay < 1, "config.ema_decay must lie in [0, 1) (0 = off)")
+    _require(config.compute_dtype in COMPUTE_DTYPES,
+             f"unknown compute_dtype {config.compute_dtype!r}; valid: {', '.join(COMPUTE_DTYPES)}")
     _require(config.early_stopping_patience >= 0, "config.early_stopping_patience must be >= 0")
     _require(config.optimizer.name in OPTIMIZERS,
              f"unknown optimizer {config.optimizer.name!r}; valid: {', '.join(OPTIMIZERS)}")

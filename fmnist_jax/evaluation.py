@@ -78,11 +78,32 @@ def config_from_meta(meta: dict[str, Any]) -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(_tuples(meta["config"]))
 
 
-def _template(meta: dict[str, Any]) -> train_lib.TrainState:
-    """The abstract stacked state (shapes only, nothing computed) that `meta`'s run saves."""
+def _template(meta: dict[str, Any]) -> Any:
+    """The abstract stacked state (shapes only, nothing computed) that `meta`'s run saves: a
+    training state, or the weights alone of a release (`release.py`)."""
     config = config_from_meta(meta)
     parts = run.build(config, meta["data"]["train_size"])
-    return jax.eval_shape(lambda: run.initial_states(config, parts))
+    state = jax.eval_shape(lambda: run.initial_states(config, parts))
+    if meta.get("weights_only"):
+        return {"params": state.params, "batch_stats": state.batch_stats}
+    return state
+
+
+def _weights(state: Any, meta: dict[str, Any], checkpoint: str, workdir: Path):
+    """The params, batch_stats and per-member epoch `checkpoint` names in a restored state."""
+    if meta.get("weights_only"):
+        if checkpoint != "best":
+            raise UserError(f"{workdir} is a release holding only the best weights; use "
+                            f"--checkpoint=best")
+        return state["params"], state["batch_stats"], list(meta["best_epoch"])
+    if checkpoint == "best":
+        epochs = np.asarray(state.best_epoch).tolist()
+        if min(epochs) < 1:
+            raise CheckpointError(f"{workdir} has no completed epoch yet, so no best weights; "
+                                  f"use --checkpoint=latest or train longer")
+        return state.best_params, state.best_batch_stats, epochs
+    params, batch_stats = train_lib.evaluated_weights(state)
+    return params, batch_stats, [meta["position"]["epoch"]] * len(meta["seeds"])
 
 
 @contextlib.contextmanager
@@ -98,7 +119,8 @@ def _quiet_absl():
 
 
 def load_workdir(workdir: str | Path, checkpoint: str = "best") -> Restored:
-    """The model and weights of `workdir`'s latest checkpoint: each member's best or latest ones."""
+    """The model and weights of `workdir`'s latest checkpoint: each member's best or latest ones
+    (the latest moving average when the run kept one)."""
     workdir = Path(workdir)
     if checkpoint not in CHECKPOINTS:
         raise UserError(f"--checkpoint must be one of {', '.join(CHECKPOINTS)}, got {checkpoint!r}")
@@ -108,17 +130,9 @@ def load_workdir(workdir: str | Path, checkpoint: str = "best") -> Restored:
     with _quiet_absl(), Checkpoints(workdir, read_only=True) as ckpts:
         step, state, meta = ckpts.restore(_template)
     config = config_from_meta(meta)
-    if checkpoint == "best":
-        epochs = np.asarray(state.best_epoch).tolist()
-        if min(epochs) < 1:
-            raise CheckpointError(f"{workdir} has no completed epoch yet, so no best weights; "
-                                  f"use --checkpoint=latest or train longer")
-        params, batch_stats = state.best_params, state.best_batch_stats
-    else:
-        epochs = [meta["position"]["epoch"]] * len(meta["seeds"])
-        params, batch_stats = state.params, state.batch_stats
-    return Restored(workdir, create_model(config.model), config, meta, step, checkpoint, params,
-                    batch_stats, epochs)
+    params, batch_stats, epochs = _weights(state, meta, checkpoint, workdir)
+    model = create_model(config.model, config.get("compute_dtype", "float32"))
+    return Restored(workdir, model, config, meta, step, checkpoint, params, batch_stats, epochs)
 
 
 @dataclasses.dataclass(frozen=True)

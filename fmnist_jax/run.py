@@ -14,6 +14,7 @@ import json
 import shlex
 import shutil
 import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -54,7 +55,7 @@ class Components:
 def build(config: ml_collections.ConfigDict, num_train: int) -> Components:
     steps_per_epoch = num_train // config.batch_size
     schedule = optim.make_schedule(config, steps_per_epoch)
-    return Components(create_model(config.model), schedule,
+    return Components(create_model(config.model, config.compute_dtype), schedule,
                       optim.make_optimizer(config, schedule), optim.make_plateau(config))
 
 
@@ -64,19 +65,33 @@ def seeds_of(config: ml_collections.ConfigDict) -> list[int]:
 
 def initial_states(config: ml_collections.ConfigDict, parts: Components) -> train_lib.TrainState:
     keys = train_lib.stacked_keys(seeds_of(config))
-    states = jax.jit(lambda k: train_lib.create_states(parts.model, parts.tx, parts.plateau, k))(
-        keys["init"])
+    states = jax.jit(lambda k: train_lib.create_states(parts.model, parts.tx, parts.plateau, k,
+                                                       ema=config.ema_decay > 0))(keys["init"])
     # jit may hand one buffer to equal outputs (params and best_params); donation needs distinct ones.
     return jax.tree.map(lambda x: x.copy(), states)
 
 
+def source_commit() -> str | None:
+    """The git commit of the code (with '+dirty' when it has uncommitted changes), if known."""
+    root = config_lib.CONFIG_DIR.parent
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True,
+                                text=True, timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, timeout=10, check=True).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return commit + ("+dirty" if dirty.strip() else "")
+
+
 def environment() -> dict[str, Any]:
-    """The device and library versions, stored with every claim a run makes."""
+    """The device, library versions and code commit, stored with every claim a run makes."""
     import flax  # pylint: disable=import-outside-toplevel
     import orbax.checkpoint  # pylint: disable=import-outside-toplevel
     device = jax.devices()[0]
     return {"platform": device.platform, "device_kind": device.device_kind,
             "device_count": jax.device_count(), "process_count": jax.process_count(),
+            "commit": source_commit(),
             "versions": {"jax": jax.__version__, "jaxlib": jax.lib.__version__,
                          "flax": flax.__version__, "optax": optax.__version__,
                          "orbax-checkpoint": orbax.checkpoint.__version__,
@@ -113,7 +128,9 @@ def ensure_space(workdir: Path, states, count: int) -> None:
 def check_resumable(stored: dict[str, Any], config: ml_collections.ConfigDict,
                     workdir: Path) -> None:
     """Refuses to resume a checkpoint of another model or config, naming the difference."""
-    old = config_lib.flatten(ml_collections.ConfigDict(stored))
+    # a field the stored config lacks (written before the field existed) had its default's effect
+    old = config_lib.flatten(config_lib.base_config()) | config_lib.flatten(
+        ml_collections.ConfigDict(stored))
     new = config_lib.flatten(ml_collections.ConfigDict(config_to_json(config)))
     if old.get("model.name") != new["model.name"]:
         raise CheckpointError(
@@ -167,12 +184,18 @@ def _stats(values: np.ndarray) -> dict[str, Any]:
 
 
 def epoch_record(epoch: int, train: dict, val: dict, lr: np.ndarray, active: np.ndarray,
-                 seconds: float, train_seconds: float, images: int) -> dict[str, Any]:
-    """One line of metrics.jsonl: member means (and per-member values and std with several)."""
+                 seconds: float, train_seconds: float, images: int,
+                 raw_val: dict | None = None) -> dict[str, Any]:
+    """One line of metrics.jsonl: member means (and per-member values and std with several).
+
+    `val_*` are of the evaluated weights (the moving average when kept), `raw_val_*` of the raw
+    weights when those differ."""
     record: dict[str, Any] = {"epoch": epoch}
-    for name, values in (("train_loss", train["loss"]), ("train_accuracy", train["accuracy"]),
-                         ("val_loss", val["loss"]), ("val_accuracy", val["accuracy"]),
-                         ("learning_rate", lr)):
+    columns = [("train_loss", train["loss"]), ("train_accuracy", train["accuracy"]),
+               ("val_loss", val["loss"]), ("val_accuracy", val["accuracy"]), ("learning_rate", lr)]
+    if raw_val is not None:
+        columns += [("raw_val_loss", raw_val["loss"]), ("raw_val_accuracy", raw_val["accuracy"])]
+    for name, values in columns:
         record.update({name + suffix: v for suffix, v in _stats(values).items()})
     record.update({"active_members": int(active.sum()), "seconds": seconds,
                    "train_seconds": train_seconds, "images_per_second": images / train_seconds})
@@ -189,9 +212,10 @@ def _truncate_metrics(workdir: Path, completed_epochs: int) -> None:
 
 
 def _format_epoch(r: dict[str, Any], epochs: int) -> str:
+    raw = f" (raw {r['raw_val_accuracy']:.2%})" if "raw_val_accuracy" in r else ""
     return (f"epoch {r['epoch']:>3}/{epochs}  train loss {r['train_loss']:.4f} "
             f"acc {r['train_accuracy']:.2%}  val loss {r['val_loss']:.4f} "
-            f"acc {r['val_accuracy']:.2%}  lr {r['learning_rate']:.2e}  "
+            f"acc {r['val_accuracy']:.2%}{raw}  lr {r['learning_rate']:.2e}  "
             f"{r['seconds']:.1f}s  {r['images_per_second']:,.0f} img/s")
 
 
@@ -215,7 +239,7 @@ class Trainer:
         # as matrix products, which XLA:CPU runs at full speed in a scan body (models/layers.py)
         self.mode = "scan" if config.epoch_mode == "auto" else config.epoch_mode
         step = train_lib.make_train_step(dataset.mean, dataset.std, config.label_smoothing,
-                                         config.augment.to_dict())
+                                         config.augment.to_dict(), config.ema_decay)
         self.span = train_lib.make_train_span(step, self.num_members, config.scan_unroll, layout)
         self.predict = train_lib.make_predict(parts.model, dataset.mean, dataset.std,
                                               config.eval_batch_size)
@@ -250,6 +274,16 @@ class Trainer:
         logits = self.predict(params, batch_stats, images)
         sums = train_lib.to_host(train_lib.evaluation_sums(logits, labels))
         return logits, metrics.means(sums)
+
+    def validate(self, states) -> tuple[dict, dict | None]:
+        """Validation metrics of the evaluated weights, and of the raw ones when those differ
+        (a run keeping a moving average)."""
+        _, val = self.evaluate(*train_lib.evaluated_weights(states), self.val_images,
+                               self.val_labels)
+        if self.config.ema_decay <= 0:
+            return val, None
+        return val, self.evaluate(states.params, states.batch_stats, self.val_images,
+                                  self.val_labels)[1]
 
     def check_finite(self, acc: dict, epoch: int, states, ckpts: Checkpoints) -> None:
         bad = np.asarray(acc["nonfinite_step"])
@@ -366,6 +400,10 @@ def _resume(ckpts: Checkpoints, config, workdir: Path, states, quiet: bool):
         return states, Position()
 
     def template_for(stored: dict[str, Any]):
+        if stored.get("weights_only"):
+            raise CheckpointError(f"workdir {workdir} is a release of trained weights "
+                                  f"(scripts/export.py), which cannot resume training; train in "
+                                  f"another --workdir")
         check_resumable(stored["config"], config, workdir)
         return states
 
@@ -393,8 +431,7 @@ def _epochs(trainer: Trainer, ckpts: Checkpoints, states, acc, position: Positio
                 raise KeyboardInterrupt(_saved_and_how_to_resume(global_step, meta, workdir))
             train_seconds = time.perf_counter() - start
             images = int(host["count"].sum())
-            _, val = trainer.evaluate(states.params, states.batch_stats, trainer.val_images,
-                                      trainer.val_labels)
+            val, raw_val = trainer.validate(states)
             active = train_lib.to_host(states.active)
             lr = trainer.learning_rates(states)
             states = trainer.end_of_epoch(
@@ -403,7 +440,7 @@ def _epochs(trainer: Trainer, ckpts: Checkpoints, states, acc, position: Positio
                 position.epoch + 1)
             position = Position(position.epoch + 1)
             record = epoch_record(position.epoch, metrics.means(host), val, lr, active,
-                                  time.perf_counter() - start, train_seconds, images)
+                                  time.perf_counter() - start, train_seconds, images, raw_val)
             # The line goes first: a kill before the save commits resumes from the previous
             # checkpoint and drops it, while a checkpoint never lacks its line.
             if sharding.is_primary():
@@ -439,9 +476,8 @@ def read_history(workdir: Path) -> list[dict[str, Any]]:
 def _finish(trainer: Trainer, states, meta, workdir: Path, quiet: bool) -> dict:
     """Tests the best parameters of every member (and their ensemble); writes summary.json."""
     test = trainer.dataset.test
-    logits, result = trainer.evaluate(states.best_params, states.best_batch_stats,
-                                      trainer.layout.put_host(test.images),
-                                      trainer.layout.put_host(test.labels))
+    images, labels = trainer.layout.put_host(test.images), trainer.layout.put_host(test.labels)
+    logits, result = trainer.evaluate(states.best_params, states.best_batch_stats, images, labels)
     history = read_history(workdir)
     summary = {
         "model": meta["model"], "param_count": meta["param_count"], "seeds": meta["seeds"],
@@ -457,12 +493,15 @@ def _finish(trainer: Trainer, states, meta, workdir: Path, quiet: bool) -> dict:
         if history else None,
         "epoch_mode": trainer.mode, "environment": meta["environment"], "command": meta["command"],
     }
+    if trainer.config.ema_decay > 0:
+        _, raw = trainer.evaluate(states.params, states.batch_stats, images, labels)
+        summary["latest_raw_weights_test_accuracy"] = raw["accuracy"].tolist()
     if trainer.num_members > 1:
         probs = metrics.ensemble_probabilities(train_lib.to_host(logits))
-        labels = test.labels
         summary["ensemble"] = {
-            "test_accuracy": float((probs.argmax(-1) == labels).mean()),
-            "test_loss": float(-np.log(probs[np.arange(len(labels)), labels] + 1e-12).mean())}
+            "test_accuracy": float((probs.argmax(-1) == test.labels).mean()),
+            "test_loss": float(-np.log(probs[np.arange(len(test.labels)), test.labels]
+                                       + 1e-12).mean())}
     if not sharding.is_primary():
         return summary
     (workdir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")

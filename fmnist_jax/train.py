@@ -17,9 +17,7 @@ import jax.numpy as jnp
 import optax
 from flax.training import train_state
 
-from fmnist_jax import augment
-
-from fmnist_jax import sharding
+from fmnist_jax import augment, sharding
 
 NUM_CLASSES = 10
 IMAGE_SHAPE = (28, 28, 1)
@@ -30,8 +28,10 @@ class TrainState(train_state.TrainState):
     """A member's parameters, optimizer state and the records early stopping and evaluation need."""
 
     batch_stats: Any
+    ema_params: Any  # the moving average of `params` (`{}` when the run keeps none)
+    ema_batch_stats: Any
     plateau: Any  # optax reduce_on_plateau state; its scale multiplies every update
-    best_params: Any  # the parameters of the best validation accuracy so far
+    best_params: Any  # the evaluated weights (the average, if kept) of the best validation accuracy
     best_batch_stats: Any
     best_accuracy: jax.Array
     best_epoch: jax.Array
@@ -50,26 +50,44 @@ def stacked_keys(seeds) -> dict[str, jax.Array]:
 
 
 def create_state(model: nn.Module, tx: optax.GradientTransformation,
-                 plateau: optax.GradientTransformation, key: jax.Array) -> TrainState:
-    """One member's initial state."""
+                 plateau: optax.GradientTransformation, ema: bool, key: jax.Array) -> TrainState:
+    """One member's initial state; with `ema`, the average starts at the initial weights."""
     variables = model.init({"params": key, "dropout": key}, jnp.zeros((1, *IMAGE_SHAPE)),
                            train=False)
     params, batch_stats = variables["params"], variables.get("batch_stats", {})
     return TrainState.create(
         apply_fn=model.apply, params=params, tx=tx, batch_stats=batch_stats,
+        ema_params=params if ema else {}, ema_batch_stats=batch_stats if ema else {},
         plateau=plateau.init(params), best_params=params, best_batch_stats=batch_stats,
         best_accuracy=jnp.float32(-1.0), best_epoch=jnp.int32(0), stale_epochs=jnp.int32(0),
         active=jnp.bool_(True)).replace(step=jnp.int32(0))  # not weakly typed: as restored
 
 
-def create_states(model, tx, plateau, init_keys: jax.Array) -> TrainState:
+def create_states(model, tx, plateau, init_keys: jax.Array, ema: bool = False) -> TrainState:
     """The stacked initial states of all members, one member after the other.
 
     `lax.map`, not `vmap`: jitted, the vmapped initialisation of the lstm (a scan) with 8 members
     deadlocked XLA:CPU (jaxlib 0.10.2) in about half of the runs; mapped it never did. The values
     are the same either way (each member's draws depend on its key only).
     """
-    return jax.lax.map(functools.partial(create_state, model, tx, plateau), init_keys)
+    return jax.lax.map(functools.partial(create_state, model, tx, plateau, ema), init_keys)
+
+
+def evaluated_weights(state: TrainState) -> tuple[Any, Any]:
+    """The params and batch_stats that validation judges: the moving average when kept."""
+    if jax.tree.leaves(state.ema_params):
+        return state.ema_params, state.ema_batch_stats
+    return state.params, state.batch_stats
+
+
+def update_ema(state: TrainState, decay: float) -> TrainState:
+    """Moves the average towards the new weights, with a decay ramped as min(decay, (1+t)/(10+t))
+    so that early steps are not dominated by the random initialisation."""
+    t = state.step.astype(jnp.float32)
+    rate = 1.0 - jnp.minimum(decay, (1.0 + t) / (10.0 + t))
+    return state.replace(
+        ema_params=optax.incremental_update(state.params, state.ema_params, rate),
+        ema_batch_stats=optax.incremental_update(state.batch_stats, state.ema_batch_stats, rate))
 
 
 def normalize(images: jax.Array, mean: float, std: float) -> jax.Array:
@@ -90,11 +108,12 @@ def metric_sums(logits: jax.Array, labels: jax.Array, loss: jax.Array) -> Metric
 
 
 def make_train_step(mean: float, std: float, label_smoothing: float = 0.0,
-                    augmentation: Mapping[str, Any] | None = None):
+                    augmentation: Mapping[str, Any] | None = None, ema_decay: float = 0.0):
     """`train_step(state, batch, rng) -> (state, metrics)` for one member.
 
     `augmentation` holds the keyword arguments of `augment.augment`; its key is folded from `rng`,
     which itself drives dropout, so enabling augmentation leaves the dropout masks as they were.
+    With `ema_decay` > 0 the state's moving average is updated after every step.
     """
 
     def train_step(state: TrainState, batch: dict[str, jax.Array], rng: jax.Array):
@@ -107,6 +126,7 @@ def make_train_step(mean: float, std: float, label_smoothing: float = 0.0,
             logits, updates = state.apply_fn(
                 {"params": params, "batch_stats": state.batch_stats}, x, train=True,
                 rngs={"dropout": rng}, mutable=["batch_stats"])
+            logits = logits.astype(jnp.float32)  # the loss in float32 whatever the compute dtype
             loss = cross_entropy(logits, batch["label"], label_smoothing)
             return loss.mean(), (logits, loss, updates)
 
@@ -116,6 +136,8 @@ def make_train_step(mean: float, std: float, label_smoothing: float = 0.0,
         state = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, steps),
                               opt_state=opt_state,
                               batch_stats=updates.get("batch_stats", state.batch_stats))
+        if ema_decay:
+            state = update_ema(state, ema_decay)
         return state, metric_sums(logits, batch["label"], loss)
 
     return train_step
@@ -219,21 +241,23 @@ def make_end_of_epoch(plateau: optax.GradientTransformationExtraArgs, use_platea
                       plateau_on_loss: bool, patience: int):
     """`end(states, val_accuracy [S], val_loss [S], epoch) -> states`, per member.
 
-    Keeps the best parameters, counts stale epochs for early stopping, and feeds the validation
-    metric to reduce-on-plateau. A member already stopped is left as it is.
+    Keeps the best evaluated weights (`evaluated_weights`: those the validation metrics are of),
+    counts stale epochs for early stopping, and feeds the validation metric to reduce-on-plateau.
+    A member already stopped is left as it is.
     """
 
     def member(state: TrainState, accuracy, loss, epoch):
         improved = accuracy > state.best_accuracy
         pick = functools.partial(jax.tree.map, lambda new, old: jnp.where(improved, new, old))
+        params, batch_stats = evaluated_weights(state)
         stale = jnp.where(improved, 0, state.stale_epochs + 1)
         plateau_state = state.plateau
         if use_plateau:
             value = loss if plateau_on_loss else 1.0 - accuracy
             _, plateau_state = plateau.update(updates=state.params, state=state.plateau, value=value)
         new = state.replace(
-            best_params=pick(state.params, state.best_params),
-            best_batch_stats=pick(state.batch_stats, state.best_batch_stats),
+            best_params=pick(params, state.best_params),
+            best_batch_stats=pick(batch_stats, state.best_batch_stats),
             best_accuracy=jnp.maximum(accuracy, state.best_accuracy),
             best_epoch=jnp.where(improved, epoch, state.best_epoch), stale_epochs=stale,
             plateau=plateau_state, active=(patience <= 0) | (stale < patience))

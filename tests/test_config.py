@@ -12,13 +12,13 @@ from fmnist_jax.models import MODELS
 
 @pytest.mark.parametrize("name", list(MODELS))
 def test_every_model_config_loads_and_validates(name):
-    config = config_lib.load_config_file(config_lib.model_config_path(name))
+    config = config_lib.model_config(name)
     config_lib.validate(config)
     assert config.model.name == name
 
 
 def test_overrides_are_typed():
-    config = config_lib.load_config_file(config_lib.model_config_path("cnn"))
+    config = config_lib.model_config("cnn")
     config_lib.apply_override(config, "optimizer.learning_rate", "3e-3")
     config_lib.apply_override(config, "model.conv_features", "16,32")
     config_lib.apply_override(config, "model.use_batch_norm", "false")
@@ -57,7 +57,7 @@ def test_unknown_model_lists_the_valid_ones():
 
 
 def test_resume_accepts_implementation_changes_and_refuses_others(tmp_path):
-    config = config_lib.load_config_file(config_lib.model_config_path("cnn"))
+    config = config_lib.model_config("cnn")
     stored = run.config_to_json(config)
     del stored["model"]["conv_impl"]  # a workdir written before the field existed
     stored["epoch_mode"], stored["epochs"] = "loop", 1

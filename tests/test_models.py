@@ -18,7 +18,7 @@ EXPECTED_PARAMS = {"mlp": 569_226, "cnn": 429_450, "cnn_deep": 390_858, "lstm": 
 
 @pytest.mark.parametrize("name", list(MODELS))
 def test_model_shapes_and_parameter_counts(name):
-    model = create_model(config_lib.load_config_file(config_lib.model_config_path(name)).model)
+    model = create_model(config_lib.model_config(name).model)
     x = jax.random.normal(jax.random.key(0), (3, 28, 28, 1))
     variables = model.init(jax.random.key(1), x, train=False)
     assert param_count(variables["params"]) == EXPECTED_PARAMS[name]

@@ -114,14 +114,14 @@ def test_auto_resolves_per_backend():
 
 @pytest.mark.parametrize("field", ["conv_impl", "pool_impl"])
 def test_unknown_implementation_is_refused(field):
-    config = config_lib.load_config_file(config_lib.model_config_path("cnn"))
+    config = config_lib.model_config("cnn")
     config.model[field] = "fast"
     with pytest.raises(ConfigError, match=f"model.{field}"):
         config_lib.validate(config)
 
 
 def small_config(num_seeds: int = 1):
-    config = config_lib.load_config_file(config_lib.model_config_path("mlp"))
+    config = config_lib.model_config("mlp")
     config.model.hidden = (8,)
     config.batch_size, config.num_seeds = 16, num_seeds
     return config

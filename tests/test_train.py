@@ -24,7 +24,7 @@ def small_config(**overrides):
     Not Adam: its first steps turn the ~1e-9 float noise in the gradient of a bias that feeds
     BatchNorm (mathematically zero) into updates of +-lr, which no tolerance could compare.
     """
-    config = config_lib.load_config_file(config_lib.model_config_path("mlp"))
+    config = config_lib.model_config("mlp")
     config.model.hidden = (32,)
     config.optimizer.name = "sgd"
     config.optimizer.learning_rate = 0.05

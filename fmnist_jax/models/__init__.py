@@ -7,6 +7,7 @@ from typing import Any
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from fmnist_jax.errors import ConfigError
@@ -25,19 +26,30 @@ MODELS: dict[str, type[nn.Module]] = {
 }
 
 
-def create_model(config: Mapping[str, Any]) -> nn.Module:
-    """The module named by `config['name']`, built with the config's other fields."""
+COMPUTE_DTYPES = ("float32", "bfloat16")
+
+
+def create_model(config: Mapping[str, Any], compute_dtype: str = "float32") -> nn.Module:
+    """The module named by `config['name']`, built with the config's other fields.
+
+    `compute_dtype` is the dtype of the activations and matrix products; parameters, BatchNorm
+    statistics and the loss stay float32 (mixed precision with 'bfloat16').
+    """
     fields = dict(config)
     name = fields.pop("name")
+    if compute_dtype not in COMPUTE_DTYPES:
+        raise ConfigError(f"unknown compute_dtype {compute_dtype!r}; valid: "
+                          f"{', '.join(COMPUTE_DTYPES)}")
     if name not in MODELS:
         raise ConfigError(f"unknown model {name!r}; valid models: {', '.join(MODELS)}")
     module = MODELS[name]
-    valid = {f.name for f in module.__dataclass_fields__.values()} - {"parent", "name"}
+    valid = {f.name for f in module.__dataclass_fields__.values()} - {"parent", "name", "dtype"}
     unknown = sorted(set(fields) - valid)
     if unknown:
         raise ConfigError(f"model {name!r} has no field(s) {', '.join(unknown)}; "
                           f"valid: {', '.join(sorted(valid))}")
-    return module(**{k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()})
+    fields = {k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()}
+    return module(**fields, dtype=jnp.dtype(compute_dtype))
 
 
 def param_count(params: Any) -> int:

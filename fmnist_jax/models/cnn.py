@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 
 from fmnist_jax.models.layers import ConvBlock, DenseBlock
 
@@ -27,14 +29,15 @@ class CNN(nn.Module):
     num_classes: int = 10
     conv_impl: str = "auto"  # see layers.py: xla, matmul
     pool_impl: str = "auto"  # see layers.py: window, slices
+    dtype: Any = jnp.float32  # compute dtype; parameters stay float32
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
         for features in self.conv_features:
             x = ConvBlock(features, self.kernel_size, self.padding, self.use_batch_norm,
                           self.norm_before_relu, self.conv_dropout, self.conv_impl,
-                          self.pool_impl)(x, train=train)
+                          self.pool_impl, self.dtype)(x, train=train)
         x = x.reshape(x.shape[0], -1)
         for features in self.dense_features:
-            x = DenseBlock(features, dropout=self.dropout)(x, train=train)
-        return nn.Dense(self.num_classes)(x)
+            x = DenseBlock(features, dropout=self.dropout, dtype=self.dtype)(x, train=train)
+        return nn.Dense(self.num_classes, dtype=self.dtype)(x)

@@ -3,8 +3,8 @@
 Convolutions and max-pools have interchangeable implementations (the same parameters, results
 equal to float tolerance), chosen by `conv_impl` and `pool_impl`; 'auto' picks per backend:
 
-- conv 'matmul' (auto on CPU in training): shifted slices concatenated into patches, then one
-  matrix product. XLA:CPU leaves Eigen for a generic loop when it runs a convolution's gradient
+- conv 'matmul' (auto on CPU in training): shifted (strided) slices concatenated into patches,
+  then one matrix product. XLA:CPU leaves Eigen for a generic loop when it runs a convolution's gradient
   inside a `lax.scan` body (a cnn epoch as one scan trained ~15x slower) and for the grouped
   convolution that `jax.vmap` makes of several seeds' kernels (4 seeds trained ~4.6x slower than
   4 separate runs); as matrix products both run at full speed. 'xla' is `nn.Conv`: auto on other
@@ -19,6 +19,8 @@ equal to float tolerance), chosen by `conv_impl` and `pool_impl`; 'auto' picks p
 
 from __future__ import annotations
 
+from typing import Any
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -29,24 +31,27 @@ CONV_IMPLS = ("auto", "xla", "matmul")
 POOL_IMPLS = ("auto", "window", "slices")
 
 
-def batch_norm(train: bool) -> nn.BatchNorm:
-    return nn.BatchNorm(use_running_average=not train, momentum=BATCH_NORM_MOMENTUM)
+def batch_norm(train: bool, dtype: Any = jnp.float32) -> nn.BatchNorm:
+    """BatchNorm computing in `dtype`; its statistics and parameters stay float32."""
+    return nn.BatchNorm(use_running_average=not train, momentum=BATCH_NORM_MOMENTUM, dtype=dtype)
 
 
 def conv_as_matmul(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
                    dimension_numbers=None, feature_group_count=1, precision=None):
-    """`lax.conv_general_dilated` for NHWC x HWIO at stride 1: patches, then one matmul."""
+    """`lax.conv_general_dilated` for NHWC x HWIO: strided slices as patches, then one matmul."""
     del dimension_numbers  # nn.Conv passes NHWC/HWIO for image batches
     dilated = any(d != 1 for d in (*(lhs_dilation or ()), *(rhs_dilation or ())))
-    if any(s != 1 for s in window_strides) or feature_group_count != 1 or dilated:
-        raise NotImplementedError("conv_impl='matmul' supports stride 1, no dilation, one group")
+    if feature_group_count != 1 or dilated:
+        raise NotImplementedError("conv_impl='matmul' supports no dilation and one group")
     kh, kw, cin, cout = rhs.shape
+    sh, sw = window_strides
     if isinstance(padding, str):
-        padding = lax.padtype_to_pads(lhs.shape[1:3], (kh, kw), (1, 1), padding)
+        padding = lax.padtype_to_pads(lhs.shape[1:3], (kh, kw), (sh, sw), padding)
     x = jnp.pad(lhs, ((0, 0), *padding, (0, 0)))
-    h, w = x.shape[1] - kh + 1, x.shape[2] - kw + 1
-    patches = jnp.concatenate([x[:, i:i + h, j:j + w] for i in range(kh) for j in range(kw)],
-                              axis=-1)  # [B, h, w, kh*kw*cin], in the kernel's HWI order
+    h, w = (x.shape[1] - kh) // sh + 1, (x.shape[2] - kw) // sw + 1
+    patches = jnp.concatenate(
+        [x[:, i:i + (h - 1) * sh + 1:sh, j:j + (w - 1) * sw + 1:sw]
+         for i in range(kh) for j in range(kw)], axis=-1)  # [B, h, w, kh*kw*cin], HWI order
     return jnp.dot(patches, rhs.reshape(kh * kw * cin, cout), precision=precision)
 
 
@@ -54,6 +59,13 @@ def resolve_conv_impl(impl: str, train: bool) -> str:
     if impl == "auto":
         return "matmul" if train and jax.default_backend() == "cpu" else "xla"
     return impl
+
+
+def conv(features: int, kernel_size: int, train: bool, impl: str = "auto", **kwargs) -> nn.Conv:
+    """`nn.Conv` with a square kernel, run as `impl` resolves (see the module docstring)."""
+    matmul = resolve_conv_impl(impl, train) == "matmul"
+    return nn.Conv(features, (kernel_size, kernel_size),
+                   conv_general_dilated=conv_as_matmul if matmul else None, **kwargs)
 
 
 def resolve_pool_impl(impl: str) -> str:
@@ -78,12 +90,13 @@ class DenseBlock(nn.Module):
     features: int
     use_batch_norm: bool = False
     dropout: float = 0.0
+    dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
-        x = nn.Dense(self.features)(x)
+        x = nn.Dense(self.features, dtype=self.dtype)(x)
         if self.use_batch_norm:
-            x = batch_norm(train)(x)
+            x = batch_norm(train, self.dtype)(x)
         x = nn.relu(x)
         return nn.Dropout(self.dropout, deterministic=not train)(x) if self.dropout else x
 
@@ -99,16 +112,16 @@ class ConvBlock(nn.Module):
     dropout: float = 0.0
     conv_impl: str = "auto"
     pool_impl: str = "auto"
+    dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
-        matmul = resolve_conv_impl(self.conv_impl, train) == "matmul"
-        x = nn.Conv(self.features, (self.kernel_size, self.kernel_size), padding=self.padding,
-                    conv_general_dilated=conv_as_matmul if matmul else None)(x)
+        x = conv(self.features, self.kernel_size, train, self.conv_impl, padding=self.padding,
+                 dtype=self.dtype)(x)
         if self.use_batch_norm and self.norm_before_relu:
-            x = batch_norm(train)(x)
+            x = batch_norm(train, self.dtype)(x)
         x = nn.relu(x)
         if self.use_batch_norm and not self.norm_before_relu:
-            x = batch_norm(train)(x)
+            x = batch_norm(train, self.dtype)(x)
         x = max_pool_2x2(x, self.pool_impl)
         return nn.Dropout(self.dropout, deterministic=not train)(x) if self.dropout else x

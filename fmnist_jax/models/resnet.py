@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 
-from fmnist_jax.models.layers import batch_norm
+from fmnist_jax.models.layers import batch_norm, conv
 
 
 class PreActBlock(nn.Module):
@@ -15,17 +17,22 @@ class PreActBlock(nn.Module):
 
     features: int
     strides: int = 1
+    conv_impl: str = "auto"
+    dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
-        y = nn.relu(batch_norm(train)(x))
+        def conv_layer(kernel_size, strides=1):
+            return conv(self.features, kernel_size, train, self.conv_impl, strides=strides,
+                        padding="SAME", use_bias=False, dtype=self.dtype)
+
+        y = nn.relu(batch_norm(train, self.dtype)(x))
         shortcut = x
         if self.strides != 1 or x.shape[-1] != self.features:
-            shortcut = nn.Conv(self.features, (1, 1), self.strides, use_bias=False)(y)
-        y = nn.Conv(self.features, (3, 3), self.strides, padding="SAME", use_bias=False)(y)
-        y = nn.relu(batch_norm(train)(y))
-        y = nn.Conv(self.features, (3, 3), padding="SAME", use_bias=False)(y)
-        return y + shortcut
+            shortcut = conv_layer(1, self.strides)(y)
+        y = conv_layer(3, self.strides)(y)
+        y = nn.relu(batch_norm(train, self.dtype)(y))
+        return conv_layer(3)(y) + shortcut
 
 
 class ResNet(nn.Module):
@@ -35,13 +42,16 @@ class ResNet(nn.Module):
     stage_features: Sequence[int] = (32, 64, 128)
     blocks_per_stage: int = 2
     num_classes: int = 10
+    conv_impl: str = "auto"  # see layers.py: xla, matmul
+    dtype: Any = jnp.float32  # compute dtype; parameters stay float32
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
-        x = nn.Conv(self.stage_features[0], (3, 3), padding="SAME", use_bias=False)(x)
+        x = conv(self.stage_features[0], 3, train, self.conv_impl, padding="SAME",
+                 use_bias=False, dtype=self.dtype)(x)
         for stage, features in enumerate(self.stage_features):
             for block in range(self.blocks_per_stage):
                 strides = 2 if stage > 0 and block == 0 else 1
-                x = PreActBlock(features, strides)(x, train=train)
-        x = nn.relu(batch_norm(train)(x))
-        return nn.Dense(self.num_classes)(x.mean(axis=(1, 2)))
+                x = PreActBlock(features, strides, self.conv_impl, self.dtype)(x, train=train)
+        x = nn.relu(batch_norm(train, self.dtype)(x))
+        return nn.Dense(self.num_classes, dtype=self.dtype)(x.mean(axis=(1, 2)))

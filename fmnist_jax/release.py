@@ -1,0 +1,107 @@
+"""Releases: a trained workdir reduced to what evaluation and prediction read.
+
+A release is a workdir in the same layout (`config.json`, `metrics.jsonl`, `summary.json`,
+`checkpoints/<step>/`), whose one checkpoint holds each member's best weights only (no optimizer
+state, no resumable position), so that `evaluate.py` and `predict.py` work on it as on the run it
+came from, at a fraction of the size. `release.json` records how it was made: the training and
+export commands, the code commit, seeds, device, training time and test metrics.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+
+from fmnist_jax import evaluation
+from fmnist_jax.checkpointing import Checkpoints
+from fmnist_jax.errors import UserError
+
+COPIED = ("config.json", "metrics.jsonl", "summary.json")
+
+
+def _member(tree: Any, index: int | None) -> Any:
+    """The stacked tree, or member `index` of it kept as a stack of one."""
+    return tree if index is None else jax.tree.map(lambda x: np.asarray(x)[index:index + 1], tree)
+
+
+def _record(meta: dict[str, Any], summary: dict[str, Any], command: str) -> dict[str, Any]:
+    env = meta["environment"]
+    return {"model": meta["model"], "param_count": meta["param_count"], "seeds": meta["seeds"],
+            "train_command": meta["command"], "export_command": command,
+            "commit": env.get("commit"), "device": f"{env['device_count']} x {env['device_kind']}"
+            f" ({env['platform']})", "versions": env["versions"],
+            "train_seconds": summary["train_seconds"], "seconds": summary["seconds"],
+            "compile_seconds": summary["compile_seconds"],
+            "epochs_completed": summary["epochs_completed"], "best_epoch": meta["best_epoch"],
+            "test_accuracy": summary["test_accuracy"], "test_loss": summary["test_loss"],
+            **({"ensemble": summary["ensemble"]} if "ensemble" in summary else {})}
+
+
+def _select(summary: dict[str, Any], index: int | None) -> dict[str, Any]:
+    """The summary of member `index` alone (all members when None)."""
+    if index is None:
+        return summary
+    picked = dict(summary)
+    for key in ("seeds", "best_epoch", "best_val_accuracy", "test_accuracy", "test_loss",
+                "latest_raw_weights_test_accuracy"):
+        if key in picked:
+            picked[key] = [summary[key][index]]
+    picked["test_accuracy_stats"] = {"n": 1, "mean": picked["test_accuracy"][0]}
+    picked.pop("ensemble", None)
+    return picked
+
+
+def export(workdir: str | Path, out: str | Path, seed: int | None = None,
+           command: str = "") -> dict[str, Any]:
+    """Writes the release of `workdir` (all members, or only `seed`'s) to `out`; its record.
+
+    The release is assembled beside `out` and renamed into place, so `out` is never half-written.
+    """
+    workdir, out = Path(workdir), Path(out)
+    if not (workdir / "summary.json").is_file():
+        raise UserError(f"{workdir} has no summary.json: only a finished run can be released; "
+                        f"finish it with scripts/train.py --workdir={workdir}")
+    restored = evaluation.load_workdir(workdir, "best")
+    index = None
+    if seed is not None:
+        if seed not in restored.seeds:
+            raise UserError(f"seed {seed} is not in {workdir}; its seeds: {restored.seeds}")
+        index = restored.seeds.index(seed)
+    summary = _select(json.loads((workdir / "summary.json").read_text()), index)
+    meta = dict(restored.meta, weights_only=True, seeds=summary["seeds"],
+                best_epoch=restored.epochs if index is None else [restored.epochs[index]])
+    meta["config"] = dict(meta["config"], seed=summary["seeds"][0], num_seeds=len(summary["seeds"]))
+    record = _record(meta, summary, command)
+    staging = out.with_name(out.name + ".partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    for name in COPIED:
+        shutil.copy2(workdir / name, staging / name)
+    (staging / "config.json").write_text(json.dumps(meta, indent=2) + "\n")
+    (staging / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    (staging / "release.json").write_text(json.dumps(record, indent=2) + "\n")
+    weights = {"params": _member(restored.params, index),
+               "batch_stats": _member(restored.batch_stats, index)}
+    with Checkpoints(staging, keep=1) as ckpts:
+        ckpts.save(restored.step, weights, meta)
+    _replace(staging, out)
+    return record
+
+
+def _replace(staging: Path, out: Path) -> None:
+    """Moves `staging` to `out`, replacing a previous release only once the new one is complete."""
+    old = out.with_name(out.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    if out.exists():
+        out.rename(old)
+    staging.rename(out)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def size_bytes(path: str | Path) -> int:
+    return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())
