@@ -29,7 +29,8 @@ from fmnist_jax import train as train_lib
 from fmnist_jax.errors import ConfigError
 from fmnist_jax.models import layers
 
-# name -> (config file, fields that differ from it): the seeds' models at their batch sizes.
+# name -> (config file, fields that differ from it): the seeds' models at their batch sizes, and
+# the resnet (no seed has one).
 CASES: dict[str, tuple[str, dict[str, Any]]] = {
     "mlp": ("mlp", {}),
     "mlp_128_64": ("mlp", {"model.hidden": (128, 64), "model.use_batch_norm": False,
@@ -40,6 +41,7 @@ CASES: dict[str, tuple[str, dict[str, Any]]] = {
                          "model.use_batch_norm": False, "model.dense_features": (100,),
                          "model.dropout": 0.0, "batch_size": 256}),
     "lstm": ("lstm", {}),
+    "resnet": ("resnet", {}),
 }
 
 # Train images/s measured on the 2-core CPU of issue 5 (PyTorch 2.13 and Keras/TF 2.21, 2 threads),
