@@ -50,7 +50,9 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--model", choices=list(MODELS), metavar="NAME",
                        help=f"model to train: {', '.join(MODELS)} (short for "
                             f"--config=configs/NAME.py; default cnn)")
-    group.add_argument("--config", metavar="PATH", help="a config file (Python, get_config())")
+    group.add_argument("--config", metavar="PATH",
+                       help="a config file (Python, get_config()), e.g. a tuned recipe "
+                            "configs/tuned/cnn.py or a seed replica configs/replicas/s003_lstm.py")
     for flag, (_, kind, text) in SHORTHANDS.items():
         parser.add_argument("--" + flag.replace("_", "-"), type=kind, metavar=flag.upper(),
                             help=f"{text} (config.{SHORTHANDS[flag][0]})")

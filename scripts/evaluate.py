@@ -26,7 +26,8 @@ def main(argv) -> None:
     parser.add_argument("--split", choices=("test", "val"), default="test",
                         help="the test set, or the validation set training used (default test)")
     parser.add_argument("--checkpoint", choices=("best", "latest"), default="best",
-                        help="each member's best-by-validation weights, or the latest ones")
+                        help="each member's best-by-validation weights, or the latest ones "
+                             "(the moving average of the weights when the run kept one)")
     parser.add_argument("--output-dir", help="where to write (default WORKDIR/eval-SPLIT)")
     parser.add_argument("--debug", action="store_true", help="show tracebacks of input errors")
     args = parser.parse_args(argv)

@@ -34,7 +34,8 @@ def main(argv) -> None:
     parser.add_argument("--workdir", required=True, help="a folder scripts/train.py wrote")
     parser.add_argument("images", nargs="+", metavar="IMAGE", help="image files")
     parser.add_argument("--checkpoint", choices=("best", "latest"), default="best",
-                        help="each member's best-by-validation weights, or the latest ones")
+                        help="each member's best-by-validation weights, or the latest ones "
+                             "(the moving average of the weights when the run kept one)")
     parser.add_argument("--top", type=int, default=3, help="classes to show per file (default 3)")
     parser.add_argument("--json", action="store_true", help="print one JSON list of the results")
     parser.add_argument("--debug", action="store_true", help="show tracebacks of input errors")
