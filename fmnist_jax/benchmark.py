@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import platform
 import resource
 import statistics
 import subprocess
@@ -94,20 +93,6 @@ def case_config(case: str, seeds: int, mode: str, settings: Settings) -> ml_coll
     return config
 
 
-def device_description() -> str:
-    """The device kind and count; for a CPU, its model and the cores this process may use."""
-    device = jax.devices()[0]
-    if device.platform != "cpu":
-        return f"{jax.device_count()} x {device.device_kind} ({device.platform})"
-    name = platform.processor() or "CPU"
-    try:
-        with open("/proc/cpuinfo") as f:
-            name = next(l.split(":", 1)[1].strip() for l in f if l.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return f"{name}, {len(os.sched_getaffinity(0))} cores (cpu)"
-
-
 def _timed(fn) -> float:
     start = time.perf_counter()
     fn()
@@ -176,7 +161,7 @@ def measure(case: str, seeds: int, mode: str, settings: Settings) -> dict[str, A
         "flops_loop_bodies_once": "stablehlo.while" in step.as_text(),  # XLA counts them once
         "peak_host_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "peak_device_mib": memory.get("peak_bytes_in_use", 0) / 2**20 or None,
-        "device": device_description(), "xla_flags": os.environ.get("XLA_FLAGS", ""),
+        "device": run.device_description(), "xla_flags": os.environ.get("XLA_FLAGS", ""),
         "jax": jax.__version__,
     }
 

@@ -33,8 +33,8 @@ def _record(meta: dict[str, Any], summary: dict[str, Any], command: str) -> dict
     env = meta["environment"]
     return {"model": meta["model"], "param_count": meta["param_count"], "seeds": meta["seeds"],
             "train_command": meta["command"], "export_command": command,
-            "commit": env.get("commit"), "device": f"{env['device_count']} x {env['device_kind']}"
-            f" ({env['platform']})", "versions": env["versions"],
+            "commit": env.get("commit"), "device": env.get("device") or f"{env['device_count']} x "
+            f"{env['device_kind']} ({env['platform']})", "versions": env["versions"],
             "train_seconds": summary["train_seconds"], "seconds": summary["seconds"],
             "compile_seconds": summary["compile_seconds"],
             "epochs_completed": summary["epochs_completed"], "best_epoch": meta["best_epoch"],

@@ -11,6 +11,8 @@ import contextlib
 import dataclasses
 import functools
 import json
+import os
+import platform
 import shlex
 import shutil
 import signal
@@ -84,6 +86,20 @@ def source_commit() -> str | None:
     return commit + ("+dirty" if dirty.strip() else "")
 
 
+def device_description() -> str:
+    """The device kind and count; for a CPU, its model and the cores this process may use."""
+    device = jax.devices()[0]
+    if device.platform != "cpu":
+        return f"{jax.device_count()} x {device.device_kind} ({device.platform})"
+    name = platform.processor() or "CPU"
+    try:
+        with open("/proc/cpuinfo") as f:
+            name = next(l.split(":", 1)[1].strip() for l in f if l.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return f"{name}, {len(os.sched_getaffinity(0))} cores (cpu)"
+
+
 def environment() -> dict[str, Any]:
     """The device, library versions and code commit, stored with every claim a run makes."""
     import flax  # pylint: disable=import-outside-toplevel
@@ -91,7 +107,7 @@ def environment() -> dict[str, Any]:
     device = jax.devices()[0]
     return {"platform": device.platform, "device_kind": device.device_kind,
             "device_count": jax.device_count(), "process_count": jax.process_count(),
-            "commit": source_commit(),
+            "device": device_description(), "commit": source_commit(),
             "versions": {"jax": jax.__version__, "jaxlib": jax.lib.__version__,
                          "flax": flax.__version__, "optax": optax.__version__,
                          "orbax-checkpoint": orbax.checkpoint.__version__,
