@@ -111,10 +111,15 @@ class Checkpoints:
         return dict(restored.meta)
 
     def _read_state(self, step: int, template: Any) -> Any:
-        abstract = jax.tree.map(_restore_target, flax.serialization.to_state_dict(template))
+        target = flax.serialization.to_state_dict(template)
+        stored = ocp.StandardCheckpointHandler().metadata(self.directory / str(step) / "state")
+        # fields newer than the checkpoint that are empty in its run (e.g. no moving average)
+        missing = {k: v for k, v in target.items() if k not in stored and not jax.tree.leaves(v)}
+        abstract = jax.tree.map(_restore_target,
+                                {k: v for k, v in target.items() if k not in missing})
         restored = self.manager.restore(
             step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract)))
-        return flax.serialization.from_state_dict(template, restored.state)
+        return flax.serialization.from_state_dict(template, {**missing, **restored.state})
 
     def _set_aside(self, steps: list[int], restored: int) -> None:
         """Moves unreadable step folders out of orbax's sight, keeping them for inspection."""

@@ -20,6 +20,7 @@ import jax
 import ml_collections
 import numpy as np
 
+from fmnist_jax import config as config_lib
 from fmnist_jax import data, metrics, plots, report, run
 from fmnist_jax import train as train_lib
 from fmnist_jax.checkpointing import Checkpoints
@@ -74,8 +75,15 @@ def _tuples(value: Any) -> Any:
     return tuple(_tuples(v) for v in value) if isinstance(value, list) else value
 
 
+def _merged(base: dict[str, Any], stored: dict[str, Any]) -> dict[str, Any]:
+    return base | {k: _merged(base[k], v) if isinstance(v, dict) and isinstance(base.get(k), dict)
+                   else v for k, v in stored.items()}
+
+
 def config_from_meta(meta: dict[str, Any]) -> ml_collections.ConfigDict:
-    return ml_collections.ConfigDict(_tuples(meta["config"]))
+    """The run's config; a field the run predates gets its default (the behaviour it had)."""
+    base = config_lib.base_config().to_dict()
+    return ml_collections.ConfigDict(_tuples(_merged(base, meta["config"])))
 
 
 def _template(meta: dict[str, Any]) -> Any:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import chex
+import flax.serialization
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -236,6 +237,21 @@ def test_checkpoint_round_trip(tmp_path):
     chex.assert_trees_all_equal(jax.tree.map(np.asarray, restored.opt_state),
                                 jax.tree.map(np.asarray, states.opt_state))
     assert jax.tree.structure(restored.opt_state) == jax.tree.structure(states.opt_state)
+
+
+def test_a_checkpoint_older_than_the_moving_average_restores(tmp_path):
+    """Written before the state had `ema_*` fields: they restore empty, as a run without one."""
+    states, _ = run_steps(small_config(), 1)
+    old = {k: v for k, v in flax.serialization.to_state_dict(states).items()
+           if not k.startswith("ema_")}
+    with Checkpoints(tmp_path) as ckpts:
+        ckpts.save(1, old, {"position": {"epoch": 1}})
+    template = run.initial_states(small_config(), run.build(small_config(), 256))
+    with Checkpoints(tmp_path, read_only=True) as ckpts:
+        restored = ckpts.restore_state(1, template)
+    assert restored.ema_params == {} and restored.ema_batch_stats == {}
+    chex.assert_trees_all_equal(jax.tree.map(np.asarray, restored.params),
+                                jax.tree.map(np.asarray, states.params))
 
 
 def test_ensemble_probabilities_sum_to_one_and_average_the_members():
