@@ -65,7 +65,6 @@ def base_config() -> ml_collections.ConfigDict:
 
     c.epoch_mode = "auto"  # loop: one jitted step per batch; scan (auto): one dispatch per epoch
     c.scan_unroll = 1
-    c.members_per_step = 0  # 0: all members vmapped in one step; k: k at a time (lax.map)
     c.checkpoints_to_keep = 2
     return c
 
@@ -186,5 +185,4 @@ def validate(config: ml_collections.ConfigDict) -> None:
                  f"unknown model.{field} {config.model.get(field)!r}; valid: {', '.join(valid)}")
     _require(config.epoch_mode in EPOCH_MODES,
              f"unknown epoch_mode {config.epoch_mode!r}; valid: {', '.join(EPOCH_MODES)}")
-    _require(config.members_per_step >= 0, "config.members_per_step must be >= 0 (0 = all)")
     _require(config.checkpoints_to_keep >= 1, "config.checkpoints_to_keep must be >= 1")

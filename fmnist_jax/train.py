@@ -164,24 +164,16 @@ def _member_update(train_step, state, acc, images, labels, index, dropout_key, g
 
 
 def make_train_span(train_step: Callable, num_members: int, unroll: int = 1,
-                    layout: sharding.Layout | None = None, members_per_step: int = 0):
+                    layout: sharding.Layout | None = None):
     """`span(states, acc, images, labels, perms, first, global_first, dropout_keys, length)`.
 
     Runs `length` steps from position `first` of the epoch's permutations `perms` `[S, steps, B]`:
     one step when `length` is 1 (the per-batch loop), else a `lax.scan` (one dispatch per epoch).
-    Each step runs the members `jax.vmap`-ed together, or, with `members_per_step` = k between 1
-    and the member count, k at a time (`lax.map` over groups of k, each group vmapped).
     With a `layout`, each step's batch is split over its mesh and the states and sums come back
     with the layout's member sharding.
     """
     member = functools.partial(_member_update, train_step)
-    if 0 < members_per_step < num_members:
-        def step_all(states, acc, images, labels, index, keys, global_step):
-            def one(args):
-                return member(*args[:2], images, labels, *args[2:], global_step)
-            return jax.lax.map(one, (states, acc, index, keys),
-                               batch_size=None if members_per_step == 1 else members_per_step)
-    elif num_members == 1:
+    if num_members == 1:
         def step_all(states, acc, images, labels, index, keys, global_step):
             squeeze = functools.partial(jax.tree.map, lambda x: x[0])
             state, a = member(squeeze(states), squeeze(acc), images, labels, index[0],

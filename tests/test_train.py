@@ -47,8 +47,7 @@ def run_steps(config, num_steps: int, num_train=256):
     """Trains `num_steps` steps of epoch 0 in loop mode; the stacked states and accumulator."""
     parts, states, split = setup(config, num_train)
     keys = train_lib.stacked_keys(run.seeds_of(config))
-    span = train_lib.make_train_span(train_lib.make_train_step(0.3, 0.35), config.num_seeds,
-                                     members_per_step=config.members_per_step)
+    span = train_lib.make_train_span(train_lib.make_train_step(0.3, 0.35), config.num_seeds)
     perms = train_lib.epoch_permutations(keys["data"], 0, num_train, BATCH)
     acc = train_lib.init_accumulator(config.num_seeds)
     images, labels = jnp.asarray(split.images), jnp.asarray(split.labels)
@@ -113,14 +112,6 @@ def test_member_k_equals_the_single_run_of_seed_s_plus_k():
     chex.assert_trees_all_close(member.params, single.params, rtol=1e-5, atol=1e-6)
     chex.assert_trees_all_close(member.opt_state, single.opt_state, rtol=1e-5, atol=1e-6)
     chex.assert_trees_all_close(group_acc["loss"][2:], single_acc["loss"], rtol=1e-5)
-
-
-@pytest.mark.parametrize("per_step", [1, 2])
-def test_members_a_few_at_a_time_equal_all_vmapped(per_step):
-    together, together_acc = run_steps(small_config(num_seeds=3), 3)
-    grouped, grouped_acc = run_steps(small_config(num_seeds=3, members_per_step=per_step), 3)
-    chex.assert_trees_all_close(grouped.params, together.params, rtol=1e-5, atol=1e-6)
-    chex.assert_trees_all_close(grouped_acc, together_acc, rtol=1e-5)
 
 
 def test_stopped_member_is_frozen():
