@@ -98,9 +98,12 @@ def test_conv_as_matmul_equals_lax_conv(padding, shape, features):
     chex.assert_trees_all_close(result["matmul"], result["conv"], rtol=1e-4, atol=1e-4)
 
 
-def test_conv_as_matmul_refuses_strides():
-    with pytest.raises(NotImplementedError, match="stride 1"):
-        layers.conv_as_matmul(jnp.zeros((1, 8, 8, 1)), jnp.zeros((3, 3, 1, 2)), (2, 2), "SAME")
+def test_conv_as_matmul_refuses_dilation_and_groups():
+    x, w = jnp.zeros((1, 8, 8, 2)), jnp.zeros((3, 3, 1, 2))
+    with pytest.raises(NotImplementedError, match="no dilation and one group"):
+        layers.conv_as_matmul(x, w, (1, 1), "SAME", rhs_dilation=(2, 2))
+    with pytest.raises(NotImplementedError, match="no dilation and one group"):
+        layers.conv_as_matmul(x, w, (1, 1), "SAME", feature_group_count=2)
 
 
 def test_auto_resolves_per_backend():
