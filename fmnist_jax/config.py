@@ -96,6 +96,15 @@ def model_config_path(model: str) -> Path:
     return path
 
 
+def with_defaults(stored: dict[str, Any]) -> dict[str, Any]:
+    """A run's stored (JSON) config with every field it predates set to its default: the
+    behaviour the run had, since a new field's default keeps the old behaviour."""
+    def merged(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+        return base | {k: merged(base[k], v) if isinstance(v, dict) and isinstance(base.get(k), dict)
+                       else v for k, v in over.items()}
+    return merged(base_config().to_dict(), stored)
+
+
 def model_config(model: str) -> ml_collections.ConfigDict:
     """The config of `configs/<model>.py`; tuned recipes and replicas start from it."""
     return load_config_file(model_config_path(model))

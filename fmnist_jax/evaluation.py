@@ -75,15 +75,9 @@ def _tuples(value: Any) -> Any:
     return tuple(_tuples(v) for v in value) if isinstance(value, list) else value
 
 
-def _merged(base: dict[str, Any], stored: dict[str, Any]) -> dict[str, Any]:
-    return base | {k: _merged(base[k], v) if isinstance(v, dict) and isinstance(base.get(k), dict)
-                   else v for k, v in stored.items()}
-
-
 def config_from_meta(meta: dict[str, Any]) -> ml_collections.ConfigDict:
     """The run's config; a field the run predates gets its default (the behaviour it had)."""
-    base = config_lib.base_config().to_dict()
-    return ml_collections.ConfigDict(_tuples(_merged(base, meta["config"])))
+    return ml_collections.ConfigDict(_tuples(config_lib.with_defaults(meta["config"])))
 
 
 def _template(meta: dict[str, Any]) -> Any:
@@ -139,7 +133,7 @@ def load_workdir(workdir: str | Path, checkpoint: str = "best") -> Restored:
         step, state, meta = ckpts.restore(_template)
     config = config_from_meta(meta)
     params, batch_stats, epochs = _weights(state, meta, checkpoint, workdir)
-    model = create_model(config.model, config.get("compute_dtype", "float32"))
+    model = create_model(config.model, config.compute_dtype)
     return Restored(workdir, model, config, meta, step, checkpoint, params, batch_stats, epochs)
 
 

@@ -21,8 +21,6 @@ from fmnist_jax import evaluation
 from fmnist_jax.checkpointing import Checkpoints
 from fmnist_jax.errors import UserError
 
-COPIED = ("config.json", "metrics.jsonl", "summary.json")
-
 
 def _member(tree: Any, index: int | None) -> Any:
     """The stacked tree, or member `index` of it kept as a stack of one."""
@@ -80,8 +78,7 @@ def export(workdir: str | Path, out: str | Path, seed: int | None = None,
     staging = out.with_name(out.name + ".partial")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
-    for name in COPIED:
-        shutil.copy2(workdir / name, staging / name)
+    shutil.copy2(workdir / "metrics.jsonl", staging / "metrics.jsonl")
     (staging / "config.json").write_text(json.dumps(meta, indent=2) + "\n")
     (staging / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     (staging / "release.json").write_text(json.dumps(record, indent=2) + "\n")

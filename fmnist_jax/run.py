@@ -36,9 +36,9 @@ from fmnist_jax.checkpointing import Checkpoints
 from fmnist_jax.errors import CheckpointError, ConfigError, TrainingDiverged, UserError
 from fmnist_jax.models import create_model, param_count
 
-# Fields that may change between a run and its resumption; any other change is refused.
-# Fields a resumed run may change: the length, where the data is read from, and implementation
-# choices that compute the same function (a workdir written before a field existed reads as None).
+# Fields a resumed run may change (any other change is refused): the length, where the data is read
+# from, and implementation choices that compute the same function (a model field the stored config
+# predates reads as None).
 RESUMABLE_CHANGES = ("epochs", "data.dir", "checkpoints_to_keep", "epoch_mode", "scan_unroll",
                      "model.conv_impl", "model.pool_impl")
 PROGRESS_EVERY = 25  # steps between reads of the running loss for the progress bar
@@ -144,9 +144,7 @@ def ensure_space(workdir: Path, states, count: int) -> None:
 def check_resumable(stored: dict[str, Any], config: ml_collections.ConfigDict,
                     workdir: Path) -> None:
     """Refuses to resume a checkpoint of another model or config, naming the difference."""
-    # a field the stored config lacks (written before the field existed) had its default's effect
-    old = config_lib.flatten(config_lib.base_config()) | config_lib.flatten(
-        ml_collections.ConfigDict(stored))
+    old = config_lib.flatten(ml_collections.ConfigDict(config_lib.with_defaults(stored)))
     new = config_lib.flatten(ml_collections.ConfigDict(config_to_json(config)))
     if old.get("model.name") != new["model.name"]:
         raise CheckpointError(

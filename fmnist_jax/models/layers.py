@@ -4,8 +4,8 @@ Convolutions and max-pools have interchangeable implementations (the same parame
 equal to float tolerance), chosen by `conv_impl` and `pool_impl`; 'auto' picks per backend:
 
 - conv 'matmul' (auto on CPU in training): shifted (strided) slices concatenated into patches,
-  then one matrix product. XLA:CPU leaves Eigen for a generic loop when it runs a convolution's gradient
-  inside a `lax.scan` body (a cnn epoch as one scan trained ~15x slower) and for the grouped
+  then one matrix product. XLA:CPU leaves Eigen for a generic loop when it runs a convolution's
+  gradient inside a `lax.scan` body (a cnn epoch as one scan trained ~15x slower) and for the grouped
   convolution that `jax.vmap` makes of several seeds' kernels (4 seeds trained ~4.6x slower than
   4 separate runs); as matrix products both run at full speed. 'xla' is `nn.Conv`: auto on other
   backends, and on CPU for evaluation, where the patches of a 1,000-image batch would be large
