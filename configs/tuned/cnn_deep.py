@@ -1,14 +1,18 @@
 """The tuned deeper CNN: s000's three stages 32, 64, 128 with on-device augmentation (translation
-by 2 pixels, horizontal flips), a warmup and cosine decay, label smoothing and a moving average of
-the weights. Budget: about 30 minutes on a 2-core CPU."""
+by 2 pixels, horizontal flips), a warmup and cosine decay and a moving average of the weights; no
+dropout in the convolution stages (BatchNorm and the augmentation regularise them), Dropout 0.3 in
+the head. Budget: about 30 minutes a seed on a 2-core CPU.
+
+Tried: Dropout 0.1 after each stage and label smoothing 0.1, otherwise the same: 92.97% test
+(train accuracy under augmentation 93.4%, validation 93.4%: underfit)."""
 
 from fmnist_jax.config import model_config
 
 
 def get_config():
     config = model_config("cnn_deep")
+    config.model.conv_dropout = 0.0
     config.epochs = 30
-    config.label_smoothing = 0.1
     config.ema_decay = 0.999
     config.optimizer.learning_rate = 2e-3
     config.schedule.name = "warmup_cosine"
