@@ -169,6 +169,18 @@ def test_predict_counts_every_image_once_with_a_partial_batch():
     assert sums["count"].tolist() == [150, 150]
 
 
+def test_predict_members_one_at_a_time_equals_side_by_side():
+    config = config_lib.model_config("cnn")  # convolutions: vmapped, they become grouped ones
+    config.num_seeds = 3
+    parts, states, split = setup(config)
+    images = jnp.asarray(split.images[:100])
+    logits = {at_a_time: train_lib.make_predict(parts.model, 0.3, 0.35, 64, at_a_time)(
+        states.params, states.batch_stats, images) for at_a_time in (True, False)}
+    chex.assert_shape(logits[True], (3, 100, 10))
+    chex.assert_trees_all_close(logits[True], logits[False], rtol=1e-5, atol=1e-5)
+    assert not np.allclose(logits[True][0], logits[True][1])  # the members differ
+
+
 def test_end_of_epoch_keeps_best_and_stops_early():
     config = small_config(num_seeds=2, early_stopping_patience=1)
     parts, states, _ = setup(config)
