@@ -26,7 +26,8 @@ SHORTHANDS = {
     "batch_size": ("batch_size", int, "training batch size (global, across devices)"),
     "learning_rate": ("optimizer.learning_rate", float, "peak learning rate"),
     "seed": ("seed", int, "seed of the first member: fixes initialisation, data order, dropout"),
-    "seeds": ("num_seeds", int, "train N members with seeds SEED..SEED+N-1 at once (jax.vmap)"),
+    "seeds": ("num_seeds", int, "train N members with seeds SEED..SEED+N-1 at once (jax.vmap); "
+              "on a multi-core CPU, JAX_NUM_CPU_DEVICES=2 (or more) puts them on separate cores"),
     "data_dir": ("data.dir", str, "folder of the four IDX .gz files, or a tfds data dir"),
     "train_limit": ("data.train_limit", int, "train on the first N training images only"),
 }
