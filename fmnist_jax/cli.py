@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import os
 import shlex
 import sys
 from collections.abc import Callable, Sequence
@@ -119,8 +120,14 @@ def resolve_config(parser: argparse.ArgumentParser, args: argparse.Namespace,
     return config
 
 
+# environment variables that change how a run is laid out on the devices, kept in its command
+DEVICE_ENV = ("JAX_NUM_CPU_DEVICES", "XLA_FLAGS")
+
+
 def command_line() -> str:
-    return shlex.join(["python", *sys.argv])
+    """This process's command as a user would type it, with the device settings it ran under."""
+    settings = [f"{name}={os.environ[name]}" for name in DEVICE_ENV if os.environ.get(name)]
+    return shlex.join([*settings, "python", *sys.argv])
 
 
 def _argparse_error(_: argparse.ArgumentParser, message: str) -> NoReturn:

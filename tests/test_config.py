@@ -65,3 +65,13 @@ def test_resume_accepts_implementation_changes_and_refuses_others(tmp_path):
     stored["model"]["dropout"] = 0.1
     with pytest.raises(CheckpointError, match=r"model.dropout \(0.1 -> 0.4\)"):
         run.check_resumable(stored, config, tmp_path)
+
+
+def test_the_recorded_command_names_the_device_settings(monkeypatch):
+    from fmnist_jax import cli  # pylint: disable=import-outside-toplevel
+    monkeypatch.setattr("sys.argv", ["scripts/train.py", "--seeds=4"])
+    monkeypatch.delenv("XLA_FLAGS", raising=False)
+    monkeypatch.setenv("JAX_NUM_CPU_DEVICES", "2")
+    assert cli.command_line() == "JAX_NUM_CPU_DEVICES=2 python scripts/train.py --seeds=4"
+    monkeypatch.delenv("JAX_NUM_CPU_DEVICES")
+    assert cli.command_line() == "python scripts/train.py --seeds=4"
