@@ -211,15 +211,23 @@ def epoch_permutations(data_keys: jax.Array, epoch: jax.Array, num_train: int,
     return jax.vmap(member)(data_keys)
 
 
+def members_one_at_a_time(model: nn.Module) -> bool:
+    """Whether evaluation runs the members one after another: a model with convolutions (those
+    have a `conv_impl`) on CPU; see `make_predict`."""
+    return jax.default_backend() == "cpu" and hasattr(model, "conv_impl")
+
+
 def make_predict(model: nn.Module, mean: float, std: float, batch_size: int,
                  one_member_at_a_time: bool | None = None):
     """`predict(params, batch_stats, images) -> logits [S, N, 10]` for stacked members.
 
     The images are padded to whole batches, run through one compiled `lax.map`, and the padding's
     logits dropped, so every image counts exactly once. The members run one after another
-    (`lax.map`; the default on CPU) or side by side (`vmap`; elsewhere): vmapped convolutions of
-    several members' kernels become one grouped convolution, which XLA:CPU ran about 3x slower
-    than the members' convolutions one at a time (cnn_deep, 3 members).
+    (`lax.map`; the default for a model with convolutions on CPU) or side by side (`vmap`;
+    otherwise): vmapped convolutions of several members' kernels become one grouped convolution,
+    which XLA:CPU ran about 3x slower than the members' convolutions one at a time (cnn_deep, 3
+    members); without convolutions vmap is the faster (2 lstm members: 17.2k against 14.8k
+    images/s on one device, 19.3k against 10.3k on two).
     """
 
     def member(params, batch_stats, images):
@@ -233,7 +241,7 @@ def make_predict(model: nn.Module, mean: float, std: float, batch_size: int,
         return logits.reshape(-1, logits.shape[-1])[:n].astype(jnp.float32)
 
     if one_member_at_a_time is None:
-        one_member_at_a_time = jax.default_backend() == "cpu"
+        one_member_at_a_time = members_one_at_a_time(model)
     if one_member_at_a_time:
         return jax.jit(lambda params, batch_stats, images: jax.lax.map(
             lambda weights: member(*weights, images), (params, batch_stats)))

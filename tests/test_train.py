@@ -181,6 +181,14 @@ def test_predict_members_one_at_a_time_equals_side_by_side():
     assert not np.allclose(logits[True][0], logits[True][1])  # the members differ
 
 
+def test_only_convolutional_members_are_evaluated_one_at_a_time_on_cpu():
+    cnn = run.build(config_lib.model_config("cnn"), 256).model
+    assert train_lib.members_one_at_a_time(cnn) == (jax.default_backend() == "cpu")
+    for name in ("mlp", "lstm"):
+        assert not train_lib.members_one_at_a_time(
+            run.build(config_lib.model_config(name), 256).model)
+
+
 def test_end_of_epoch_keeps_best_and_stops_early():
     config = small_config(num_seeds=2, early_stopping_patience=1)
     parts, states, _ = setup(config)
