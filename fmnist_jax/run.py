@@ -97,7 +97,8 @@ def device_description() -> str:
             name = next(l.split(":", 1)[1].strip() for l in f if l.startswith("model name"))
     except (OSError, StopIteration):
         pass
-    return f"{name}, {len(os.sched_getaffinity(0))} cores (cpu)"
+    cores = len(os.sched_getaffinity(0))
+    return f"{name}, {cores} core{'s' if cores > 1 else ''} (cpu)"
 
 
 def environment() -> dict[str, Any]:

@@ -3,8 +3,10 @@ by 2 pixels, horizontal flips), a warmup and cosine decay and a moving average o
 dropout in the convolution stages (BatchNorm and the augmentation regularise them), Dropout 0.3 in
 the head. Budget: about 30 minutes a seed on a 2-core CPU.
 
-Tried: Dropout 0.1 after each stage and label smoothing 0.1, otherwise the same: 92.97% test
-(train accuracy under augmentation 93.4%, validation 93.4%: underfit)."""
+Tried (seed 0; this recipe: 93.27% test): Dropout 0.1 after each stage and label smoothing 0.1:
+92.97% (train accuracy under augmentation 93.4%, validation 93.4%: underfit); 8x8 random erasing
+(augment.erase=8): 93.13% (best validation 93.7% against 94.0%); erasing and training on 98% of the
+training set (data.val_fraction=0.02): 93.04%."""
 
 from fmnist_jax.config import model_config
 
