@@ -6,7 +6,8 @@ the head. Budget: about 30 minutes a seed on a 2-core CPU.
 Tried (seed 0; this recipe: 93.27% test): Dropout 0.1 after each stage and label smoothing 0.1:
 92.97% (train accuracy under augmentation 93.4%, validation 93.4%: underfit); 8x8 random erasing
 (augment.erase=8): 93.13% (best validation 93.7% against 94.0%); erasing and training on 98% of the
-training set (data.val_fraction=0.02): 93.04%."""
+training set (data.val_fraction=0.02): 93.04%; AdamW with decoupled weight decay 0.05: 93.31%
+(best validation 94.05%), within the seeds' spread of 0.07%."""
 
 from fmnist_jax.config import model_config
 
