@@ -9,8 +9,7 @@ import shlex
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import NoReturn
-from unittest import mock
+from typing import Any, NoReturn
 
 import ml_collections
 
@@ -130,9 +129,23 @@ def command_line() -> str:
     return shlex.join([*settings, "python", *sys.argv])
 
 
-def _argparse_error(_: argparse.ArgumentParser, message: str) -> NoReturn:
-    """argparse's errors as one line (no usage block), printed and exited on by `main_guard`."""
-    raise ConfigError(message if "--help" in message else f"{message}; see --help")
+class Parser(argparse.ArgumentParser):
+    """The scripts' argument parser: its errors are one line (no usage block), raised as a
+    `ConfigError` for `main_guard` to print and exit on."""
+
+    def __init__(self, description: str | None = None, **kwargs: Any):
+        kwargs.setdefault("formatter_class", argparse.RawDescriptionHelpFormatter)
+        super().__init__(description=description, **kwargs)
+
+    def error(self, message: str) -> NoReturn:
+        raise ConfigError(message if "--help" in message else f"{message}; see --help")
+
+
+def add_data_flag(parser: argparse.ArgumentParser) -> None:
+    """--data-dir, as train.py has it, for a script that reads the dataset."""
+    parser.add_argument("--data-dir", metavar="DATA_DIR",
+                        help=f"{SHORTHANDS['data_dir'][2]} (default: where the run was trained "
+                             f"from, else the usual search)")
 
 
 def main_guard(main: Callable[[Sequence[str]], None], argv: Sequence[str] | None = None) -> None:
@@ -140,8 +153,7 @@ def main_guard(main: Callable[[Sequence[str]], None], argv: Sequence[str] | None
     argv = sys.argv[1:] if argv is None else argv
     debug = "--debug" in argv
     try:
-        with mock.patch.object(argparse.ArgumentParser, "error", _argparse_error):
-            main([a for a in argv if a != "--debug"])
+        main([a for a in argv if a != "--debug"])
     except (UserError, TrainingDiverged) as e:
         if debug:
             raise

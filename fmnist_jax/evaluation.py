@@ -120,9 +120,11 @@ def _quiet_absl():
         logger.setLevel(level)
 
 
-def load_workdir(workdir: str | Path, checkpoint: str = "best") -> Restored:
+def load_workdir(workdir: str | Path, checkpoint: str = "best",
+                 data_dir: str | Path | None = None) -> Restored:
     """The model and weights of `workdir`'s latest checkpoint: each member's best or latest ones
-    (the latest moving average when the run kept one)."""
+    (the latest moving average when the run kept one). `data_dir` replaces the data location the
+    run stored, for a machine whose data lives elsewhere."""
     workdir = Path(workdir)
     if checkpoint not in CHECKPOINTS:
         raise UserError(f"--checkpoint must be one of {', '.join(CHECKPOINTS)}, got {checkpoint!r}")
@@ -132,6 +134,8 @@ def load_workdir(workdir: str | Path, checkpoint: str = "best") -> Restored:
     with _quiet_absl(), Checkpoints(workdir, read_only=True) as ckpts:
         step, state, meta = ckpts.restore(_template)
     config = config_from_meta(meta)
+    if data_dir is not None:
+        config.data.dir = str(data_dir)
     params, batch_stats, epochs = _weights(state, meta, checkpoint, workdir)
     model = create_model(config.model, config.compute_dtype)
     return Restored(workdir, model, config, meta, step, checkpoint, params, batch_stats, epochs)

@@ -14,7 +14,6 @@ process, through the same Trainer and compiled span as scripts/train.py, on the 
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -28,8 +27,7 @@ def _ints(text: str) -> list[int]:
 
 
 def main(argv) -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = cli.Parser(description=__doc__)
     parser.add_argument("--models", default=",".join(benchmark.CASES),
                         help=f"comma-separated, from {', '.join(benchmark.CASES)} (default all)")
     parser.add_argument("--seeds", type=_ints, default=[1],

@@ -9,7 +9,6 @@ A workdir trained with several seeds shows each number as the members' mean ± s
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -19,8 +18,7 @@ from fmnist_jax import cli  # noqa: E402  pylint: disable=wrong-import-position
 
 
 def main(argv) -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = cli.Parser(description=__doc__)
     parser.add_argument("dirs", nargs="+", metavar="DIR",
                         help="workdirs evaluated with scripts/evaluate.py (or their eval folders)")
     parser.add_argument("--split", choices=("test", "val"), default="test",

@@ -9,7 +9,6 @@ ensemble (the average of the members' class probabilities), and each member is r
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from pathlib import Path
@@ -20,8 +19,7 @@ from fmnist_jax import cli  # noqa: E402  pylint: disable=wrong-import-position
 
 
 def main(argv) -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = cli.Parser(description=__doc__)
     parser.add_argument("--workdir", required=True, help="a folder scripts/train.py wrote")
     parser.add_argument("--split", choices=("test", "val"), default="test",
                         help="the test set, or the validation set training used (default test)")
@@ -29,11 +27,12 @@ def main(argv) -> None:
                         help="each member's best-by-validation weights, or the latest ones "
                              "(the moving average of the weights when the run kept one)")
     parser.add_argument("--output-dir", help="where to write (default WORKDIR/eval-SPLIT)")
+    cli.add_data_flag(parser)
     parser.add_argument("--debug", action="store_true", help="show tracebacks of input errors")
     args = parser.parse_args(argv)
     start = time.perf_counter()
     from fmnist_jax import evaluation, report  # pylint: disable=import-outside-toplevel
-    restored = evaluation.load_workdir(args.workdir, args.checkpoint)
+    restored = evaluation.load_workdir(args.workdir, args.checkpoint, args.data_dir)
     result = evaluation.evaluate(restored, args.split)
     summary = evaluation.summarize(result)
     out = Path(args.output_dir or evaluation.default_output_dir(args.workdir, args.split))

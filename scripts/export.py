@@ -7,7 +7,6 @@ predict.py read as they read the run itself (see fmnist_jax/release.py).
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -17,8 +16,7 @@ from fmnist_jax import cli  # noqa: E402  pylint: disable=wrong-import-position
 
 
 def main(argv) -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = cli.Parser(description=__doc__)
     parser.add_argument("--workdir", required=True, help="a finished run of scripts/train.py")
     parser.add_argument("--out", required=True, help="the release folder (replaced if present)")
     parser.add_argument("--seed", type=int, help="release this member only (default: all)")

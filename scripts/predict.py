@@ -10,7 +10,6 @@ line and the others are still classified; the exit status is then 2 (bad input).
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
@@ -29,8 +28,7 @@ def format_result(result: dict) -> str:
 
 
 def main(argv) -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = cli.Parser(description=__doc__)
     parser.add_argument("--workdir", required=True, help="a folder scripts/train.py wrote")
     parser.add_argument("images", nargs="+", metavar="IMAGE", help="image files")
     parser.add_argument("--checkpoint", choices=("best", "latest"), default="best",

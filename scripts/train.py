@@ -7,7 +7,6 @@
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -17,7 +16,7 @@ from fmnist_jax import cli  # noqa: E402  pylint: disable=wrong-import-position
 
 
 def main(argv) -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = cli.Parser(description=__doc__)
     cli.add_config_flags(parser)
     parser.add_argument("--workdir", help="run folder (default: checkpoints/<model>-<timestamp>); "
                                           "an existing one is resumed")
