@@ -23,7 +23,8 @@ DATA_DIR = Path("/usr/share/datasets/fashion-mnist")
 
 
 def ensure_environment() -> None:
-    """Creates .venv and installs the project with its test extras when pyproject.toml changed."""
+    """Creates .venv and installs the project with its test and tensorboard extras when
+    pyproject.toml changed."""
     if not PYTHON.exists():
         print(f"creating {VENV}", flush=True)
         venv.EnvBuilder(with_pip=True).create(VENV)
@@ -31,7 +32,8 @@ def ensure_environment() -> None:
     if not STAMP.exists() or STAMP.read_text() != pyproject:
         print("installing fmnist-jax and its dependencies into .venv", flush=True)
         subprocess.run([PYTHON, "-m", "pip", "install", "-q", "--upgrade", "pip"], check=True)
-        subprocess.run([PYTHON, "-m", "pip", "install", "-q", "-e", f"{ROOT}[test]"], check=True)
+        subprocess.run([PYTHON, "-m", "pip", "install", "-q", "-e", f"{ROOT}[test,tensorboard]"],
+                       check=True)
         STAMP.write_text(pyproject)
 
 

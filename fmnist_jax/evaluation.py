@@ -270,13 +270,15 @@ def write_outputs(evaluation: Evaluation, summary: dict[str, Any], out: Path) ->
 
 
 def find_metrics(path: str | Path, split: str = "test") -> Path:
-    """metrics.json of an evaluated workdir (in `eval-<split>/`) or of an evaluation folder."""
+    """metrics.json of an evaluation folder (`evaluate.py --output-dir`, anywhere), or of an
+    evaluated workdir (in its `eval-<split>/`)."""
     path = Path(path)
     for candidate in (path / "metrics.json", default_output_dir(path, split) / "metrics.json"):
         if candidate.is_file():
             return candidate
-    raise UserError(f"{path} holds no evaluation of the {split} split; run "
-                    f"scripts/evaluate.py --workdir={path} --split={split} first")
+    raise UserError(f"{path} holds no evaluation of the {split} split (no metrics.json in it or "
+                    f"in its eval-{split}/); run scripts/evaluate.py --workdir={path} "
+                    f"--split={split} first, or give the folder of its --output-dir")
 
 
 def load_summaries(paths: Sequence[str | Path], split: str = "test") -> list[dict[str, Any]]:

@@ -306,6 +306,21 @@ def test_bad_flag_or_config_fails_with_one_clear_line(make_args, expected, place
     assert_one_clear_line(runs.run_main("train", *make_args(places)), expected)
 
 
+SCRIPTS = sorted(path.stem for path in (runs.ROOT / "scripts").glob("*.py"))
+REQUIRED = {"compare": ("DIR",), "evaluate": ("--workdir=W",), "export": ("--workdir=W", "--out=O"),
+            "predict": ("--workdir=W", "shirt.png")}
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_every_scripts_flag_errors_are_one_line(script):
+    """cli.Parser: argparse's own errors without its usage block, exit code 2."""
+    unknown = runs.run_main(script, *REQUIRED.get(script, ()), "--no-such-flag=1")
+    assert_one_clear_line(unknown, ("unrecognized argument", "--no-such-flag=1", "see --help"))
+    if script in REQUIRED:
+        assert_one_clear_line(runs.run_main(script),
+                              ("the following arguments are required: ", "see --help"))
+
+
 def test_tfds_dir_of_another_dataset_is_named(places, other_tfds_dataset):
     result = runs.run("train", "--model=mlp", f"--data-dir={other_tfds_dataset}",
                       f"--workdir={places.tmp / 'run'}")

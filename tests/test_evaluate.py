@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +15,7 @@ from PIL import Image
 
 from fmnist_jax import data, evaluation, images
 from fmnist_jax.errors import CheckpointError, UserError
-from subprocess_runs import run
+from subprocess_runs import ROOT, one_line_error, run
 
 TRAIN = ("--model=mlp", "--epochs=1", "--train-limit=512", "--config.data.val_fraction=0.05",
          "--quiet")
@@ -153,7 +154,7 @@ def test_evaluate_multi_seed_reports_members_and_their_ensemble(evaluated, workd
 @pytest.mark.e2e
 def test_compare_puts_models_side_by_side_with_mean_and_std(evaluated, workdirs, tmp_path):
     output = tmp_path / "compare.md"
-    with pytest.raises(UserError, match="no evaluation of the val split; run scripts/evaluate"):
+    with pytest.raises(UserError, match=r"no evaluation of the val split \(.*\); run scripts/eval"):
         evaluation.find_metrics(workdirs["single"], "val")
     _ok(run("evaluate", f"--workdir={workdirs['single']}", "--split=val"))
     result = _ok(run("compare", str(workdirs["single"]), str(evaluated["pair"][0]),
@@ -175,6 +176,39 @@ def test_compare_puts_models_side_by_side_with_mean_and_std(evaluated, workdirs,
     assert [h["class"] for h in comparison["hardest_classes"]] == hardest
     assert f"Hardest classes: {hardest[0]} " in table
     assert (tmp_path / "compare_f1.png").stat().st_size > 0
+
+
+def test_compare_takes_an_evaluation_folder_anywhere_or_an_evaluated_workdir(tmp_path):
+    folder, workdir = tmp_path / "elsewhere" / "cnn-eval", tmp_path / "run"
+    for path in (folder, workdir / "eval-val"):
+        path.mkdir(parents=True)
+        (path / "metrics.json").write_text("{}")
+    assert evaluation.find_metrics(folder, "test") == folder / "metrics.json"
+    assert evaluation.find_metrics(workdir, "val") == workdir / "eval-val" / "metrics.json"
+    with pytest.raises(UserError, match="or give the folder of its --output-dir"):
+        evaluation.find_metrics(workdir, "test")
+
+
+@pytest.mark.e2e
+def test_evaluate_reads_a_release_with_its_data_elsewhere(tmp_path, real_data_dir):
+    """--data-dir on a shipped release, on a machine without the data where it was trained."""
+    release = ROOT / "checkpoints" / "pretrained" / "mlp"
+    elsewhere = tmp_path / "my data"
+    elsewhere.mkdir()
+    for name in (n for pair in data.FILES.values() for n in pair):
+        shutil.copy(real_data_dir / name, elsewhere / name)
+    home = {"HOME": str(tmp_path / "home"), "TFDS_DATA_DIR": str(tmp_path / "home" / "tfds")}
+    out = tmp_path / "eval"
+    _ok(run("evaluate", f"--workdir={release}", f"--data-dir={elsewhere}", f"--output-dir={out}",
+            fault="offline", env=home))  # no Debian folder, no network: only --data-dir
+    recorded = json.loads((release / "release.json").read_text())["test_accuracy"][0]
+    assert json.loads((out / "metrics.json").read_text())["accuracy"] == pytest.approx(recorded)
+    missing = one_line_error(run("evaluate", f"--workdir={release}", f"--output-dir={out}",
+                                 fault="offline", env=home), 2)
+    assert missing.startswith("error: no local copy of Fashion-MNIST found and "), missing
+    wrong = one_line_error(run("evaluate", f"--workdir={release}", f"--output-dir={out}",
+                               f"--data-dir={tmp_path / 'nowhere'}"), 2)
+    assert wrong.startswith(f"error: --data-dir {tmp_path / 'nowhere'} does not exist"), wrong
 
 
 def test_a_workdir_without_checkpoints_is_a_clear_error(tmp_path):
