@@ -1,8 +1,9 @@
 """A training run: data, model and state, the epoch loop, checkpoints, logs and the final summary.
 
 The workdir holds `config.json` (the resolved config, written at start), `metrics.jsonl` (one line
-per epoch), `checkpoints/` (orbax) and, at the end, `summary.json`. Running again with the same
-workdir resumes from the latest checkpoint and ends where an uninterrupted run would.
+per epoch; `tensorboard/` the same as event files), `checkpoints/` (orbax) and, at the end,
+`summary.json`. Running again with the same workdir resumes from the latest checkpoint and ends
+where an uninterrupted run would.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ import optax
 import tqdm
 
 from fmnist_jax import config as config_lib
-from fmnist_jax import data, metrics, optim, sharding
+from fmnist_jax import data, metrics, optim, sharding, tensorboard
 from fmnist_jax import train as train_lib
 from fmnist_jax.checkpointing import Checkpoints
 from fmnist_jax.errors import CheckpointError, ConfigError, TrainingDiverged, UserError
@@ -405,7 +406,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path, *
                                              for k, v in position.partial.items()})
         trainer.compile(states, acc)
         _print(quiet, f"compiled the train step in {trainer.compile_seconds:.1f}s")
-        states = _epochs(trainer, ckpts, states, acc, position, meta)
+        with tensorboard.EpochWriter(workdir, seeds_of(config), read_history(workdir),
+                                     quiet) as board:
+            states = _epochs(trainer, ckpts, states, acc, position, meta, board)
     return _finish(trainer, states, meta, workdir, quiet)
 
 
@@ -430,7 +433,8 @@ def _resume(ckpts: Checkpoints, config, workdir: Path, states, quiet: bool):
     return states, position
 
 
-def _epochs(trainer: Trainer, ckpts: Checkpoints, states, acc, position: Position, meta):
+def _epochs(trainer: Trainer, ckpts: Checkpoints, states, acc, position: Position, meta,
+            board: tensorboard.EpochWriter):
     config, workdir = trainer.config, trainer.workdir
     with Interrupt() as interrupt:
         while position.epoch < config.epochs and train_lib.to_host(states.active).any():
@@ -461,6 +465,7 @@ def _epochs(trainer: Trainer, ckpts: Checkpoints, states, acc, position: Positio
             if sharding.is_primary():
                 with open(workdir / "metrics.jsonl", "a") as f:
                     f.write(json.dumps(record) + "\n")
+            board.write(record)
             ckpts.save(global_step, states, meta | {"position": dataclasses.asdict(position)})
             _print(trainer.quiet, _format_epoch(record, config.epochs))
             acc = train_lib.init_accumulator(config.num_seeds)
