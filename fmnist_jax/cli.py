@@ -141,11 +141,11 @@ class Parser(argparse.ArgumentParser):
         raise ConfigError(message if "--help" in message else f"{message}; see --help")
 
 
-def add_data_flag(parser: argparse.ArgumentParser) -> None:
+def add_data_flag(parser: argparse.ArgumentParser,
+                  default: str = "where the run was trained from, else the usual search") -> None:
     """--data-dir, as train.py has it, for a script that reads the dataset."""
     parser.add_argument("--data-dir", metavar="DATA_DIR",
-                        help=f"{SHORTHANDS['data_dir'][2]} (default: where the run was trained "
-                             f"from, else the usual search)")
+                        help=f"{SHORTHANDS['data_dir'][2]} (default: {default})")
 
 
 def main_guard(main: Callable[[Sequence[str]], None], argv: Sequence[str] | None = None) -> None:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from fmnist_jax import benchmark, cli  # noqa: E402  pylint: disable=wrong-import-position
+from fmnist_jax import benchmark, cli, data  # noqa: E402  pylint: disable=wrong-import-position
 
 
 def _ints(text: str) -> list[int]:
@@ -43,6 +43,7 @@ def main(argv) -> None:
     parser.add_argument("--eval-repeats", type=int, default=benchmark.Settings.eval_repeats,
                         help="timed evaluations of the 10,000 test images, the best kept "
                              "(0: evaluation not timed, e.g. for seed scaling)")
+    cli.add_data_flag(parser, default="the usual search, see docs/data.md")
     parser.add_argument("--json", action="store_true", help="JSON lines on stdout; tables on stderr")
     parser.add_argument("--debug", action="store_true", help="show tracebacks of input errors")
     args, rest = parser.parse_known_args(argv)
@@ -52,11 +53,13 @@ def main(argv) -> None:
     if args.eval_repeats < 0:
         parser.error(f"--eval-repeats={args.eval_repeats} must be 0 or more")
     overrides = tuple(a.removeprefix("--config.") for a in rest)
+    overrides += (f"data.dir={args.data_dir}",) if args.data_dir else ()
     settings = benchmark.Settings(args.train_images, args.min_epochs, args.min_seconds,
                                   args.batch_size, args.eval_repeats, overrides)
     cases, modes = args.models.split(","), args.modes.split(",")
-    for case in cases:  # a bad name or field fails now, not after minutes of measuring
-        benchmark.case_config(case, 1, modes[0], settings)
+    # a bad name, field or data location fails now, not after minutes of measuring
+    configs = [benchmark.case_config(case, 1, modes[0], settings) for case in cases]
+    data.load_raw(configs[0].data.dir or None)
     tables = sys.stderr if args.json else sys.stdout
     results = []
     for result in benchmark.run_all(cases, args.seeds, modes, settings):

@@ -321,6 +321,13 @@ def test_every_scripts_flag_errors_are_one_line(script):
                               ("the following arguments are required: ", "see --help"))
 
 
+@pytest.mark.parametrize("flag", ["--data-dir={}", "--config.data.dir={}"])
+def test_benchmark_checks_its_data_location_before_measuring(flag, tmp_path):
+    missing = tmp_path / "nowhere"
+    assert_one_clear_line(runs.run_main("benchmark", "--models=mlp", flag.format(missing)),
+                          (f"--data-dir {missing} does not exist", GET_DATA))
+
+
 def test_tfds_dir_of_another_dataset_is_named(places, other_tfds_dataset):
     result = runs.run("train", "--model=mlp", f"--data-dir={other_tfds_dataset}",
                       f"--workdir={places.tmp / 'run'}")
