@@ -2,10 +2,12 @@
 
 `export` turns a restored workdir or release into one function, uint8 images `[N, 28, 28, 1]` (any
 N) -> the ten class probabilities `[N, 10]` float32, with the normalisation inside and the mean of
-every member's probabilities (the ensemble of a multi-seed run). The weights are constants of the
-function, lowered for CPU and CUDA. `write` saves it as `model.jaxexport` with `model.json` (class
-names, model, test accuracy, commit, seeds) beside it; `load` reads both back with jax, numpy and
-json alone: no flax, no fmnist_jax model code, so this module imports nothing else at its top.
+every member's probabilities (the ensemble of a multi-seed run), each averaged over the image and
+its mirror when the run or release records flip test-time augmentation (`config.tta`). The
+weights are constants of the function, lowered for CPU and CUDA. `write` saves it as
+`model.jaxexport` with `model.json` (class names, model, test accuracy, commit, seeds, tta) beside
+it; `load` reads both back with jax, numpy and json alone: no flax, no fmnist_jax model code, so
+this module imports nothing else at its top.
 
   from fmnist_jax import portable
   model = portable.load("checkpoints/pretrained/cnn")
@@ -36,11 +38,18 @@ PLATFORMS = ("cpu", "cuda")
 INPUT_SHAPE = "n, 28, 28, 1"
 
 
-def probabilities_function(restored: Restored, tta: bool = False):
+def uses_tta(restored: Restored) -> bool:
+    """Whether `restored` predicts with flip test-time augmentation (`config.tta`, as recorded)."""
+    return bool(restored.config.get("tta", False))
+
+
+def probabilities_function(restored: Restored):
     """`f(images uint8 [N, 28, 28, 1]) -> [N, 10]` float32: the members' mean probabilities, with
-    `restored`'s weights as constants. With `tta`, each member averages an image and its mirror."""
+    `restored`'s weights as constants; with flip TTA, each member averages an image and its
+    mirror."""
     from fmnist_jax import train as train_lib  # pylint: disable=import-outside-toplevel
     stats = restored.meta["data"]
+    tta = uses_tta(restored)
 
     def member(weights, images):
         params, batch_stats = weights
@@ -57,16 +66,15 @@ def probabilities_function(restored: Restored, tta: bool = False):
     return probabilities
 
 
-def export(restored: Restored, platforms: tuple[str, ...] = PLATFORMS,
-           tta: bool = False) -> jax.export.Exported:
+def export(restored: Restored, platforms: tuple[str, ...] = PLATFORMS) -> jax.export.Exported:
     """`probabilities_function` exported for `platforms`, polymorphic in the number of images."""
     shape = jax.export.symbolic_shape(INPUT_SHAPE)
     spec = jax.ShapeDtypeStruct(shape, jnp.uint8)
-    return jax.export.export(jax.jit(probabilities_function(restored, tta)),
+    return jax.export.export(jax.jit(probabilities_function(restored)),
                              platforms=platforms)(spec)
 
 
-def metadata(restored: Restored, tta: bool = False) -> dict[str, Any]:
+def metadata(restored: Restored) -> dict[str, Any]:
     """What a user of the portable model needs to know besides the function itself."""
     workdir = restored.workdir
     summary_path, release_path = workdir / "summary.json", workdir / "release.json"
@@ -77,7 +85,7 @@ def metadata(restored: Restored, tta: bool = False) -> dict[str, Any]:
         accuracy = float(np.mean(accuracy))
     return {"model": restored.meta["model"], "class_names": restored.class_names,
             "seeds": restored.seeds, "predictor": "ensemble" if len(restored.seeds) > 1
-            else "model", "test_accuracy": accuracy, "tta": "flip" if tta else None,
+            else "model", "test_accuracy": accuracy, "tta": "flip" if uses_tta(restored) else None,
             "commit": record.get("commit") or restored.meta["environment"].get("commit"),
             "step": restored.step, "input": {"shape": INPUT_SHAPE, "dtype": "uint8"},
             "output": "class probabilities [n, 10] float32", "platforms": list(PLATFORMS),
@@ -96,13 +104,13 @@ def _write_atomically(path: Path, content: bytes) -> None:
         raise
 
 
-def write(restored: Restored, folder: str | Path, tta: bool = False) -> list[Path]:
+def write(restored: Restored, folder: str | Path) -> list[Path]:
     """`model.jaxexport` and `model.json` of `restored` in `folder`; the paths written."""
     folder = Path(folder)
     paths = [folder / MODEL_FILE, folder / METADATA_FILE]
-    serialized = export(restored, tta=tta).serialize()
+    serialized = export(restored).serialize()
     _write_atomically(paths[0], bytes(serialized))
-    _write_atomically(paths[1], (json.dumps(metadata(restored, tta), indent=2) + "\n").encode())
+    _write_atomically(paths[1], (json.dumps(metadata(restored), indent=2) + "\n").encode())
     return paths
 
 
@@ -131,7 +139,8 @@ def load(path: str | Path) -> Portable:
     model_path = path / MODEL_FILE if path.is_dir() else path
     metadata_path = model_path.with_suffix(".json")
     if not (model_path.is_file() and metadata_path.is_file()):
-        raise CheckpointError(f"{path} holds no portable model ({MODEL_FILE} with {METADATA_FILE}); "
-                              f"write one with scripts/export.py --workdir=DIR --portable-only")
+        raise CheckpointError(f"{path} holds no portable model ({MODEL_FILE} with "
+                              f"{METADATA_FILE}); write one with scripts/export.py "
+                              f"--workdir=DIR --portable-only")
     exported = jax.export.deserialize(bytearray(model_path.read_bytes()))
     return Portable(exported, json.loads(metadata_path.read_text()))

@@ -55,6 +55,7 @@ MAX_IMAGE_BYTES = 8 * 2**20  # per image file
 MAX_IMAGE_PIXELS = 6000 * 6000
 MAX_REQUEST_BYTES = 32 * 2**20
 MAX_TOP = 10
+KEEP_ALIVE_SECONDS = 75  # idle connections kept open: clients that reuse them never race a close
 
 
 class RequestError(Exception):
@@ -259,7 +260,8 @@ async def _json_files(request: Request) -> list[tuple[str, bytes]]:
     try:
         payload = json.loads(await _body(request))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise RequestError(400, f"malformed JSON ({e}); send {{\"images\": [base64, ...]}}") from None
+        raise RequestError(400, f"malformed JSON ({e}); send "
+                                f"{{\"images\": [base64, ...]}}") from None
     encoded = payload.get("images") if isinstance(payload, dict) else None
     if not isinstance(encoded, list) or not all(isinstance(s, str) for s in encoded):
         raise RequestError(400, "the JSON must be {\"images\": [base64 strings]}")
@@ -389,4 +391,5 @@ def serve(path: str | Path, host: str, port: int, max_batch: int, window: float)
     app = create_app(model, max_batch, window)
     print(f"serving {model.metadata['model']} on http://{host}:{port}/ (batch sizes "
           f"{list(batch_sizes(max_batch))}, window {window * 1000:g} ms)", flush=True)
-    uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
+    uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False,
+                timeout_keep_alive=KEEP_ALIVE_SECONDS)

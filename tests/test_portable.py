@@ -69,12 +69,15 @@ def test_the_export_is_lowered_for_cpu_and_cuda_and_polymorphic_in_n(test_images
         chex.assert_shape(restored.call(test_images.images[:n]), (n, 10))
 
 
-def test_flip_tta_averages_an_image_and_its_mirror(test_images):
+def test_a_model_recording_flip_tta_exports_it(test_images):
     restored = evaluation.load_workdir(RELEASE)
     images = test_images.images[:3]
-    tta = portable.probabilities_function(restored, tta=True)(images)
     plain = portable.probabilities_function(restored)
-    chex.assert_trees_all_close(tta, (plain(images) + plain(images[:, :, ::-1])) / 2, atol=1e-6)
+    expected = (plain(images) + plain(images[:, :, ::-1])) / 2
+    restored.config.tta = True
+    assert portable.metadata(restored)["tta"] == "flip"
+    chex.assert_trees_all_close(portable.export(restored).call(images), expected, atol=1e-6)
+    assert not np.allclose(expected, plain(images), atol=1e-4)
 
 
 LOAD_WITHOUT_FLAX = textwrap.dedent("""

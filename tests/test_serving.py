@@ -21,6 +21,9 @@ import httpx
 import numpy as np
 import pytest
 from PIL import Image
+from selenium import webdriver
+from selenium.webdriver.common.by import By
+from selenium.webdriver.support.ui import WebDriverWait
 
 from fmnist_jax import data, portable, serving
 from fmnist_jax.config import CONFIG_DIR
@@ -218,9 +221,6 @@ def test_metrics_count_requests_and_nothing_compiled_after_warm_up(server):
 def test_the_web_page_in_a_headless_browser(server, test_split, tmp_path):
     assert CHROMEDRIVER.exists() and CHROMIUM.exists(), (
         "the browser test needs Debian's chromium: apt-get install -y chromium chromium-driver")
-    from selenium import webdriver  # pylint: disable=import-outside-toplevel
-    from selenium.webdriver.common.by import By  # pylint: disable=import-outside-toplevel
-    from selenium.webdriver.support.ui import WebDriverWait  # pylint: disable=import-outside-toplevel
     picture = tmp_path / "trouser.png"
     picture.write_bytes(png(test_split.images[2]))  # test image 2: a trouser
     options = webdriver.ChromeOptions()
