@@ -37,11 +37,11 @@ from PIL import Image
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
-from starlette.middleware.base import BaseHTTPMiddleware
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 import fmnist_jax
 from fmnist_jax import images, portable
@@ -134,6 +134,31 @@ class Predictor:
         self.metrics.images.inc(len(batch))
         self.served += len(batch)
         return np.concatenate(outputs)
+
+
+class Measured:
+    """ASGI middleware counting every HTTP response by path and status, and timing it."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics, paths: set[str]):
+        self.app, self.metrics, self.paths = app, metrics, paths
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start, status = time.perf_counter(), [500]
+
+        async def sending(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, sending)
+        finally:
+            path = scope["path"] if scope["path"] in self.paths else "other"
+            self.metrics.requests.labels(path, str(status[0])).inc()
+            self.metrics.latency.labels(path).observe(time.perf_counter() - start)
 
 
 @dataclasses.dataclass
@@ -345,18 +370,6 @@ def create_app(model: portable.Portable, max_batch: int = BATCH_SIZES[-1],
             status, message = 500, f"internal error ({type(e).__name__}); the server keeps serving"
         return JSONResponse({"error": message, "status": status}, status_code=status)
 
-    async def measure(request: Request, call_next):
-        start = time.perf_counter()
-        try:
-            response = await call_next(request)
-        except Exception as e:  # pylint: disable=broad-except
-            response = await error(request, e)
-        path = request.url.path
-        known = path if path in paths else "other"
-        metrics.requests.labels(known, str(response.status_code)).inc()
-        metrics.latency.labels(known).observe(time.perf_counter() - start)
-        return response
-
     @contextlib.asynccontextmanager
     async def lifespan(_: Starlette):
         batcher.append(Batcher(predictor, window))
@@ -377,9 +390,8 @@ def create_app(model: portable.Portable, max_batch: int = BATCH_SIZES[-1],
               Route("/v1/classify", classify, methods=["POST"]),
               Route("/metrics", metrics_page),
               Mount("/static", StaticFiles(directory=STATIC), name="static")]
-    paths = {r.path for r in routes}
-    return Starlette(routes=routes, lifespan=lifespan,
-                     middleware=[Middleware(BaseHTTPMiddleware, dispatch=measure)],
+    measured = Middleware(Measured, metrics=metrics, paths={r.path for r in routes})
+    return Starlette(routes=routes, lifespan=lifespan, middleware=[measured],
                      exception_handlers={RequestError: error, HTTPException: error,
                                          Exception: error})
 
