@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import io
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -27,6 +28,7 @@ from selenium.webdriver.support.ui import WebDriverWait
 
 from fmnist_jax import data, portable, serving
 from fmnist_jax.config import CONFIG_DIR
+from fmnist_jax.errors import UserError
 
 ROOT = CONFIG_DIR.parent
 RELEASE = ROOT / "checkpoints" / "pretrained" / "cnn"
@@ -250,3 +252,21 @@ def test_sigterm_stops_it_cleanly(server):
     assert process.wait(timeout=30) == -signal.SIGTERM
     log = server["log"].read_text()
     assert "stopped after" in log and "Traceback" not in log, log
+
+
+def test_it_serves_a_release_an_exported_file_or_a_workdir_without_an_export(tmp_path,
+                                                                              test_split):
+    source = ROOT / "checkpoints" / "pretrained" / "lstm"
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    for item in ("checkpoints", "config.json", "summary.json", "release.json"):
+        copy = shutil.copytree if (source / item).is_dir() else shutil.copy2
+        copy(source / item, bare / item)
+    x = test_split.images[:5]
+    expected = np.asarray(portable.load(source)(x))
+    for path in (source, source / portable.MODEL_FILE, bare):
+        model = serving.load_model(path)
+        assert model.metadata["model"] == "lstm"
+        chex.assert_trees_all_close(np.asarray(model(x)), expected, atol=1e-6)
+    with pytest.raises(UserError, match="no such workdir"):
+        serving.load_model(tmp_path / "missing")
