@@ -235,14 +235,17 @@ def decode(data: bytes, name: str) -> np.ndarray:
     if len(data) > MAX_IMAGE_BYTES:
         raise RequestError(413, f"{name}: {len(data)} bytes is over the limit of "
                                 f"{MAX_IMAGE_BYTES} bytes per image; send a smaller image")
+    too_large = RequestError(413, f"{name}: over the limit of {MAX_IMAGE_PIXELS} pixels; send a "
+                                  f"smaller image")
     try:
-        with Image.open(io.BytesIO(data)) as image:
-            width, height = image.size
+        with Image.open(io.BytesIO(data)) as image:  # reads the header only
+            pixels = image.width * image.height
+    except Image.DecompressionBombError:
+        raise too_large from None
     except Exception:  # pylint: disable=broad-except  # read_image below names the problem
-        width = height = 0
-    if width * height > MAX_IMAGE_PIXELS:
-        raise RequestError(413, f"{name}: {width}x{height} pixels is over the limit of "
-                                f"{MAX_IMAGE_PIXELS} pixels; send a smaller image")
+        pixels = 0
+    if pixels > MAX_IMAGE_PIXELS:
+        raise too_large
     stream = io.BytesIO(data)
     try:
         return images.to_model_input(images.read_image(stream))
@@ -276,7 +279,9 @@ async def _multipart_files(request: Request) -> list[tuple[str, bytes]]:
             raise RequestError(400, "the field 'image' must hold files, not text; use "
                                     "curl -F image=@FILE")
         _check_count(len(files), "field 'image'")
-        return [(u.filename or f"image {i}", await u.read()) for i, u in enumerate(files)]
+        # a file over the limit is read only up to it: `decode` refuses it
+        return [(u.filename or f"image {i}", await u.read(MAX_IMAGE_BYTES + 1))
+                for i, u in enumerate(files)]
     finally:
         await form.close()
 

@@ -11,10 +11,12 @@ import re
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import threading
 import time
+import zlib
 from pathlib import Path
 
 import chex
@@ -139,10 +141,14 @@ def test_many_images_as_files_and_as_base64_json(server, test_split, expected):
     assert_matches(response.json()["results"], expected[20:40], data.CLASS_NAMES)
 
 
-def _big_png(pixels: int) -> bytes:
-    buffer = io.BytesIO()
-    Image.new("L", (pixels, pixels)).save(buffer, format="PNG")
-    return buffer.getvalue()
+def png_header(width: int, height: int) -> bytes:
+    """The start of a grayscale PNG of `width` x `height` pixels: what a decoder sizes it by."""
+    def chunk(kind: bytes, payload: bytes) -> bytes:
+        return (struct.pack(">I", len(payload)) + kind + payload
+                + struct.pack(">I", zlib.crc32(kind + payload)))
+
+    header = chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
+    return b"\x89PNG\r\n\x1a\n" + header + chunk(b"IDAT", b"")
 
 
 BAD_INPUTS = {
@@ -151,7 +157,9 @@ BAD_INPUTS = {
     "truncated png": (400, "not an image", {"files": {"image": ("a.png", None)}}),
     "too many bytes": (413, "bytes", {"files": {"image": (
         "a.png", b"\x89PNG" + bytes(serving.MAX_IMAGE_BYTES))}}),
-    "too many pixels": (413, "pixels", {"files": {"image": ("a.png", _big_png(6001))}}),
+    "too many pixels": (413, "pixels", {"files": {"image": ("a.png", png_header(6001, 6001))}}),
+    "decompression bomb": (413, "pixels", {"files": {"image": ("a.png",
+                                                               png_header(20000, 20000))}}),
     "too many images": (413, "at most 128", {"files": [("image", ("a.png", None))] * 129}),
     "no image": (400, "no image", {"json": {"images": []}}),
     "text in the image field": (400, "not text", {"data": {"image": "abc"},
