@@ -33,6 +33,7 @@ from typing import Any
 import jax
 import numpy as np
 import prometheus_client as prom
+import uvicorn
 from PIL import Image
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -327,7 +328,7 @@ def create_app(model: portable.Portable, max_batch: int = BATCH_SIZES[-1],
     """The app serving `model`; its batch sizes are compiled here, before it answers anyone."""
     metrics = Metrics()
     predictor = Predictor(model, max_batch, metrics)
-    batcher: list[Batcher] = []  # made in the server's event loop, at startup
+    batcher = Batcher(predictor, window)
     info = {"name": model.metadata["model"], "classes": model.class_names,
             "test_accuracy": model.metadata.get("test_accuracy"),
             "predictor": model.metadata.get("predictor"), "seeds": model.metadata.get("seeds"),
@@ -354,7 +355,7 @@ def create_app(model: portable.Portable, max_batch: int = BATCH_SIZES[-1],
             raise RequestError(415, f"content type {kind or 'none'!r} is not accepted; send "
                                     f"multipart/form-data (field 'image') or application/json")
         inputs = [await asyncio.to_thread(decode, data, name) for name, data in files]
-        probabilities = await batcher[0].classify(np.stack(inputs))
+        probabilities = await batcher.classify(np.stack(inputs))
         return JSONResponse({"model": info["name"], "results": [
             {"file": name, "top": images.top_classes(p, model.class_names, top)}
             for (name, _), p in zip(files, probabilities)]})
@@ -372,20 +373,19 @@ def create_app(model: portable.Portable, max_batch: int = BATCH_SIZES[-1],
         elif isinstance(e, HTTPException):
             status, message = e.status_code, str(e.detail)
         else:
-            status, message = 500, f"internal error ({type(e).__name__}); the server keeps serving"
+            status, message = 500, f"internal error ({type(e).__name__}); please report it"
         return JSONResponse({"error": message, "status": status}, status_code=status)
 
     @contextlib.asynccontextmanager
     async def lifespan(_: Starlette):
-        batcher.append(Batcher(predictor, window))
-        task = asyncio.create_task(batcher[0].run())
+        task = asyncio.create_task(batcher.run())
         try:
             yield
         finally:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-            batcher[0].executor.shutdown(wait=True)
+            batcher.executor.shutdown(wait=True)
             print(f"stopped after {predictor.served} images", flush=True)
 
     routes = [Route("/", lambda _: FileResponse(STATIC / "index.html")),
@@ -403,7 +403,6 @@ def create_app(model: portable.Portable, max_batch: int = BATCH_SIZES[-1],
 
 def serve(path: str | Path, host: str, port: int, max_batch: int, window: float) -> None:
     """Serves the model in `path` until SIGINT/SIGTERM (uvicorn's graceful shutdown)."""
-    import uvicorn  # pylint: disable=import-outside-toplevel
     model = load_model(path)
     app = create_app(model, max_batch, window)
     print(f"serving {model.metadata['model']} on http://{host}:{port}/ (batch sizes "
