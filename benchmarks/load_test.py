@@ -2,6 +2,7 @@
 (one PNG per request) for a fixed time, with dynamic batching and without (--max-batch=1).
 
   python benchmarks/load_test.py --workdir=checkpoints/pretrained/cnn --clients=64 --seconds=20
+  python benchmarks/load_test.py --workdir=checkpoints/pretrained/cnn --model-only
 
 Starts the server once per mode on a free port, drives it with httpx's asyncio client, and prints
 requests/s, p50/p90/p99 latency and the count of requests not answered with 200 (JSON with --json).
@@ -28,7 +29,7 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from fmnist_jax import data  # noqa: E402  pylint: disable=wrong-import-position
+from fmnist_jax import data, serving  # noqa: E402  pylint: disable=wrong-import-position
 
 MODES = {"dynamic batching": [], "no batching (--max-batch=1)": ["--max-batch=1"]}
 
@@ -115,6 +116,21 @@ def run_mode(workdir: str, flags: list[str], files: list[bytes], clients: int,
         server.wait(timeout=60)
 
 
+def model_throughput(workdir: str, repeats: int = 20) -> dict[int, float]:
+    """Images/s of the server's compiled model call alone, per padded batch size (no HTTP)."""
+    predictor = serving.Predictor(serving.load_model(workdir), serving.BATCH_SIZES[-1],
+                                  serving.Metrics())
+    images = data.load_idx_folder(data.DEBIAN_DIR)["test"].images
+    out = {}
+    for size in predictor.sizes:
+        predictor(images[:size])
+        start = time.perf_counter()
+        for _ in range(repeats):
+            predictor(images[:size])
+        out[size] = size * repeats / (time.perf_counter() - start)
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -123,7 +139,13 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=20)
     parser.add_argument("--images", type=int, default=256, help="distinct test images sent")
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--model-only", action="store_true",
+                        help="measure only the compiled model call per batch size, no server")
     args = parser.parse_args()
+    if args.model_only:
+        for size, rate in model_throughput(args.workdir).items():
+            print(f"batch {size:4d}: {rate:8.0f} images/s, {size / rate * 1000:7.2f} ms per call")
+        return
     files = pngs(args.images)
     results = {mode: run_mode(args.workdir, flags, files, args.clients, args.seconds)
                for mode, flags in MODES.items()}

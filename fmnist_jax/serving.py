@@ -56,6 +56,7 @@ MAX_IMAGE_BYTES = 8 * 2**20  # per image file
 MAX_IMAGE_PIXELS = 6000 * 6000
 MAX_REQUEST_BYTES = 32 * 2**20
 MAX_TOP = 10
+INLINE_DECODE_PIXELS = 256 * 256  # smaller images are decoded in the event loop, larger in a thread
 KEEP_ALIVE_SECONDS = 75  # idle connections kept open: clients that reuse them never race a close
 
 
@@ -229,6 +230,23 @@ class Batcher:
                     w.future.set_result(probabilities[start:stop])
 
 
+def _too_many_pixels(name: str) -> RequestError:
+    return RequestError(413, f"{name}: over the limit of {MAX_IMAGE_PIXELS} pixels; send a "
+                             f"smaller image")
+
+
+def pixels(data: bytes, name: str) -> int:
+    """The pixel count an image file's header declares (0 if unreadable); 413 for a
+    decompression bomb, before anything is decoded."""
+    try:
+        with Image.open(io.BytesIO(data)) as image:  # reads the header only
+            return image.width * image.height
+    except Image.DecompressionBombError:
+        raise _too_many_pixels(name) from None
+    except Exception:  # pylint: disable=broad-except  # `decode` names the problem
+        return 0
+
+
 def decode(data: bytes, name: str) -> np.ndarray:
     """An uploaded file as a model input `[28, 28, 1]`, as predict.py makes it; or RequestError."""
     if not data:
@@ -236,17 +254,8 @@ def decode(data: bytes, name: str) -> np.ndarray:
     if len(data) > MAX_IMAGE_BYTES:
         raise RequestError(413, f"{name}: {len(data)} bytes is over the limit of "
                                 f"{MAX_IMAGE_BYTES} bytes per image; send a smaller image")
-    too_large = RequestError(413, f"{name}: over the limit of {MAX_IMAGE_PIXELS} pixels; send a "
-                                  f"smaller image")
-    try:
-        with Image.open(io.BytesIO(data)) as image:  # reads the header only
-            pixels = image.width * image.height
-    except Image.DecompressionBombError:
-        raise too_large from None
-    except Exception:  # pylint: disable=broad-except  # read_image below names the problem
-        pixels = 0
-    if pixels > MAX_IMAGE_PIXELS:
-        raise too_large
+    if pixels(data, name) > MAX_IMAGE_PIXELS:
+        raise _too_many_pixels(name)
     stream = io.BytesIO(data)
     try:
         return images.to_model_input(images.read_image(stream))
@@ -354,7 +363,8 @@ def create_app(model: portable.Portable, max_batch: int = BATCH_SIZES[-1],
         else:
             raise RequestError(415, f"content type {kind or 'none'!r} is not accepted; send "
                                     f"multipart/form-data (field 'image') or application/json")
-        inputs = [await asyncio.to_thread(decode, data, name) for name, data in files]
+        inputs = [decode(data, name) if pixels(data, name) <= INLINE_DECODE_PIXELS
+                  else await asyncio.to_thread(decode, data, name) for name, data in files]
         probabilities = await batcher.classify(np.stack(inputs))
         return JSONResponse({"model": info["name"], "results": [
             {"file": name, "top": images.top_classes(p, model.class_names, top)}
