@@ -5,6 +5,7 @@ runs a task in it. Needs only python3.
   python3 tasks.py train --model=cnn --epochs=2   # any scripts/train.py flags
   python3 tasks.py test                           # the test suite (what CI runs)
   python3 tasks.py evaluate --workdir=DIR         # any script in scripts/ by name
+  python3 tasks.py serve --workdir=checkpoints/pretrained/cnn   # the model over HTTP, port 8000
 """
 
 from __future__ import annotations
@@ -23,8 +24,8 @@ DATA_DIR = Path("/usr/share/datasets/fashion-mnist")
 
 
 def ensure_environment() -> None:
-    """Creates .venv and installs the project with its test and tensorboard extras when
-    pyproject.toml changed."""
+    """Creates .venv and installs the project with its test extra (which takes the serve and
+    tensorboard extras) when pyproject.toml changed."""
     if not PYTHON.exists():
         print(f"creating {VENV}", flush=True)
         venv.EnvBuilder(with_pip=True).create(VENV)
@@ -32,8 +33,7 @@ def ensure_environment() -> None:
     if not STAMP.exists() or STAMP.read_text() != pyproject:
         print("installing fmnist-jax and its dependencies into .venv", flush=True)
         subprocess.run([PYTHON, "-m", "pip", "install", "-q", "--upgrade", "pip"], check=True)
-        subprocess.run([PYTHON, "-m", "pip", "install", "-q", "-e", f"{ROOT}[test,tensorboard]"],
-                       check=True)
+        subprocess.run([PYTHON, "-m", "pip", "install", "-q", "-e", f"{ROOT}[test]"], check=True)
         STAMP.write_text(pyproject)
 
 

@@ -3,7 +3,7 @@
 A release is a workdir in the same layout (`config.json`, `metrics.jsonl`, `summary.json`,
 `checkpoints/<step>/`), whose one checkpoint holds each member's best weights only (no optimizer
 state, no resumable position), so that `evaluate.py` and `predict.py` work on it as on the run it
-came from, at a fraction of the size. `release.json` records how it was made: the training and
+came from, at a fraction of the size, with its portable model (`model.jaxexport`, `portable.py`). `release.json` records how it was made: the training and
 export commands, the code commit, seeds, device, training time and test metrics.
 """
 
@@ -17,7 +17,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from fmnist_jax import evaluation
+from fmnist_jax import evaluation, portable
 from fmnist_jax.checkpointing import Checkpoints
 from fmnist_jax.errors import UserError
 
@@ -86,6 +86,7 @@ def export(workdir: str | Path, out: str | Path, seed: int | None = None,
                "batch_stats": _member(restored.batch_stats, index)}
     with Checkpoints(staging, keep=1) as ckpts:
         ckpts.save(restored.step, weights, meta)
+    write_portable(staging)
     _replace(staging, out)
     return record
 
@@ -98,6 +99,11 @@ def _replace(staging: Path, out: Path) -> None:
         out.rename(old)
     staging.rename(out)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def write_portable(folder: str | Path) -> list[Path]:
+    """The portable model (`portable.py`) of the workdir or release `folder`, written into it."""
+    return portable.write(evaluation.load_workdir(folder, "best"), folder)
 
 
 def size_bytes(path: str | Path) -> int:

@@ -3,6 +3,7 @@ predict.py read as they read the run itself (see fmnist_jax/release.py).
 
   python scripts/export.py --workdir=checkpoints/cnn-20250101-120000 --out=checkpoints/pretrained/cnn
   python scripts/export.py --workdir=RUN --out=DIR --seed=2   # one member of a multi-seed run
+  python scripts/export.py --workdir=DIR --portable-only        # add model.jaxexport to DIR only
 """
 
 from __future__ import annotations
@@ -18,11 +19,21 @@ from fmnist_jax import cli  # noqa: E402  pylint: disable=wrong-import-position
 def main(argv) -> None:
     parser = cli.Parser(description=__doc__)
     parser.add_argument("--workdir", required=True, help="a finished run of scripts/train.py")
-    parser.add_argument("--out", required=True, help="the release folder (replaced if present)")
+    parser.add_argument("--out", help="the release folder (replaced if present)")
     parser.add_argument("--seed", type=int, help="release this member only (default: all)")
+    parser.add_argument("--portable-only", action="store_true",
+                        help="write only the portable model (model.jaxexport, model.json) into "
+                             "--workdir, a run or a release, instead of a release")
     parser.add_argument("--debug", action="store_true", help="show tracebacks of input errors")
     args = parser.parse_args(argv)
+    if (args.out is None) != args.portable_only:
+        parser.error("give either --out=DIR (a release) or --portable-only")
     from fmnist_jax import release  # pylint: disable=import-outside-toplevel
+    if args.portable_only:
+        paths = release.write_portable(args.workdir)
+        print(f"wrote {', '.join(str(p) for p in paths)}: "
+              f"{sum(p.stat().st_size for p in paths) / 2**20:.1f} MiB")
+        return
     record = release.export(args.workdir, args.out, args.seed, cli.command_line())
     accuracy = ", ".join(f"{a:.2%}" for a in record["test_accuracy"])
     print(f"released {record['model']} (seeds {record['seeds']}, test accuracy {accuracy}) to "

@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from fmnist_jax import data, evaluation, release
+from fmnist_jax import data, evaluation, portable, release
 from fmnist_jax.config import CONFIG_DIR
 
 PRETRAINED = CONFIG_DIR.parent / "checkpoints" / "pretrained"
@@ -39,3 +39,13 @@ def test_a_release_predicts_the_test_split_as_recorded(path, real_data_dir):
     accuracy = float((result.probabilities.argmax(-1) == result.labels).mean())
     record = json.loads((path / "release.json").read_text())
     np.testing.assert_allclose(accuracy, np.mean(record["test_accuracy"]), atol=1e-9)
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.name)
+def test_a_release_carries_its_portable_model(path, real_data_dir):
+    images = data.load_idx_folder(real_data_dir)["test"].images[:64]
+    model = portable.load(path)
+    restored = evaluation.load_workdir(path)
+    assert model.class_names == restored.class_names and model.metadata["model"] == path.name
+    np.testing.assert_allclose(np.asarray(model(images)), restored.probabilities(images).mean(0),
+                               atol=2e-6)

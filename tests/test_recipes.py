@@ -14,7 +14,7 @@ import pytest
 
 import subprocess_runs
 from fmnist_jax import config as config_lib
-from fmnist_jax import evaluation, release, run
+from fmnist_jax import evaluation, portable, release, run
 from fmnist_jax import train as train_lib
 from fmnist_jax.errors import ConfigError
 from fmnist_jax.models import create_model, param_count
@@ -156,6 +156,10 @@ def test_a_release_evaluates_as_its_run_and_cannot_resume(tmp_path):
                                 original.member_probabilities[1], rtol=1e-6, atol=1e-7)
     assert abs(float((released.probabilities.argmax(-1) == released.labels).mean())
                - summary["test_accuracy"][1]) < 1e-9
+    portable_model = portable.load(out)  # the release carries its portable model: seed 1's
+    assert portable_model.metadata["seeds"] == [1]
+    chex.assert_trees_all_close(np.asarray(portable_model(released.images[:50])),
+                                released.member_probabilities[0][:50], atol=2e-6)
     resumed = subprocess_runs.run("train", *SMALL_RUN, f"--workdir={out}")
     assert resumed.returncode != 0 and "release" in resumed.stderr, resumed.stderr[-2000:]
     assert len(list((out / "checkpoints").iterdir())) == 1  # the release was left as it was

@@ -1,0 +1,421 @@
+"""Serving a model over HTTP: a Starlette app on uvicorn around the portable model.
+
+  POST /v1/classify   images as multipart files (field `image`, repeatable) or JSON
+                      `{"images": [base64, ...]}`; `?top=K`; answers each image's top-K classes
+  GET  /v1/model      name, classes, test accuracy, version, device, limits
+  GET  /v1/examples   a few real test images for the web page
+  GET  /healthz       {"status": "ok"}
+  GET  /metrics       Prometheus text: requests by status, latency, batch sizes, compilations
+  GET  /              the web page (fmnist_jax/static/)
+
+Images are preprocessed as predict.py does (`images.read_image`, `images.to_model_input`). The
+model is the portable one (`portable.py`): read from a release or export, or exported in memory from
+a workdir. Concurrent requests are gathered into one call (`Batcher`: a short window or a full
+batch, whichever first), padded to one of a few fixed batch sizes compiled at start, so nothing
+compiles while serving. A bad request gets a JSON error with a 4xx status.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import collections
+import concurrent.futures
+import contextlib
+import dataclasses
+import io
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+import prometheus_client as prom
+import uvicorn
+from PIL import Image
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import FileResponse, JSONResponse, Response
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+import fmnist_jax
+from fmnist_jax import images, portable
+from fmnist_jax.errors import UserError
+
+STATIC = Path(__file__).resolve().parent / "static"
+SHAPE = (images.SIZE, images.SIZE, 1)
+BATCH_SIZES = (1, 8, 32, 128)
+MAX_IMAGES = 128  # per request
+MAX_IMAGE_BYTES = 8 * 2**20  # per image file
+MAX_IMAGE_PIXELS = 6000 * 6000
+MAX_REQUEST_BYTES = 32 * 2**20
+MAX_TOP = 10
+INLINE_DECODE_PIXELS = 256 * 256  # smaller images are decoded in the event loop, larger in a thread
+KEEP_ALIVE_SECONDS = 75  # idle connections kept open: clients that reuse them never race a close
+
+
+class RequestError(Exception):
+    """A request the server refuses, with the HTTP status to answer."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+
+
+def load_model(path: str | Path) -> portable.Portable:
+    """The portable model of a release or workdir folder (exported in memory if it has none), or of
+    an exported `model.jaxexport` file."""
+    path = Path(path)
+    if path.is_file() or portable.has_export(path):
+        return portable.load(path)
+    if not path.is_dir():
+        raise UserError(f"{path}: no such workdir, release or exported model; give a folder that "
+                        f"scripts/train.py or scripts/export.py wrote")
+    from fmnist_jax import evaluation  # pylint: disable=import-outside-toplevel
+    restored = evaluation.load_workdir(path)
+    return portable.Portable(portable.export(restored), portable.metadata(restored))
+
+
+def batch_sizes(max_batch: int) -> tuple[int, ...]:
+    """The padded sizes compiled for batches of up to `max_batch` images."""
+    if max_batch < 1:
+        raise UserError(f"--max-batch must be at least 1, got {max_batch}")
+    return tuple(sorted({s for s in BATCH_SIZES if s < max_batch} | {max_batch}))
+
+
+class Metrics:
+    """The server's Prometheus metrics, in a registry of its own."""
+
+    def __init__(self):
+        self.registry = prom.CollectorRegistry()
+        self.requests = prom.Counter("fmnist_requests", "HTTP requests by path and status",
+                                     ["path", "status"], registry=self.registry)
+        self.latency = prom.Histogram("fmnist_request_latency_seconds", "Request latency",
+                                      ["path"], registry=self.registry,
+                                      buckets=(.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1,
+                                               2.5, 5, 10))
+        self.batch = prom.Histogram("fmnist_batch_images", "Images per model call",
+                                    registry=self.registry, buckets=(1, 2, 4, 8, 16, 32, 64, 128))
+        self.images = prom.Counter("fmnist_images", "Images classified", registry=self.registry)
+        self.compilations = prom.Counter("fmnist_compilations", "Traces of the model function "
+                                         "(one per compiled batch size)", registry=self.registry)
+
+
+class Predictor:
+    """The model as one jitted function of padded batches; every size compiled at start."""
+
+    def __init__(self, model: portable.Portable, max_batch: int, metrics: Metrics):
+        self.sizes = batch_sizes(max_batch)
+        self.metrics = metrics
+        self.served = 0  # images classified
+
+        def traced(x):
+            metrics.compilations.inc()  # runs only when jit traces, i.e. compiles a new shape
+            return model.exported.call(x)
+
+        self.function = jax.jit(traced)
+        for size in self.sizes:
+            jax.block_until_ready(self.function(np.zeros((size, *SHAPE), np.uint8)))
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        """Probabilities `[N, 10]` of uint8 `[N, 28, 28, 1]`, in padded chunks of known sizes."""
+        outputs = []
+        for start in range(0, len(batch), self.sizes[-1]):
+            chunk = batch[start:start + self.sizes[-1]]
+            size = next(s for s in self.sizes if s >= len(chunk))
+            padded = np.zeros((size, *chunk.shape[1:]), np.uint8)
+            padded[:len(chunk)] = chunk
+            self.metrics.batch.observe(len(chunk))
+            outputs.append(np.asarray(self.function(padded))[:len(chunk)])
+        self.metrics.images.inc(len(batch))
+        self.served += len(batch)
+        return np.concatenate(outputs)
+
+
+class Measured:
+    """ASGI middleware counting every HTTP response by path and status, and timing it."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics, paths: set[str]):
+        self.app, self.metrics, self.paths = app, metrics, paths
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start, status = time.perf_counter(), [500]
+
+        async def sending(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, sending)
+        finally:
+            path = scope["path"] if scope["path"] in self.paths else "other"
+            self.metrics.requests.labels(path, str(status[0])).inc()
+            self.metrics.latency.labels(path).observe(time.perf_counter() - start)
+
+
+@dataclasses.dataclass
+class _Waiting:
+    images: np.ndarray
+    future: asyncio.Future
+
+
+class Batcher:
+    """Gathers concurrent requests' images into one call: it runs when `max_batch` images are
+    waiting or `window` seconds after the first arrived, whichever comes first."""
+
+    def __init__(self, predictor: Predictor, window: float):
+        self.predictor, self.window = predictor, window
+        self.max_batch = predictor.sizes[-1]
+        self.waiting: collections.deque[_Waiting] = collections.deque()
+        self.arrived = asyncio.Event()
+        self.executor = concurrent.futures.ThreadPoolExecutor(1, "model")
+
+    async def classify(self, batch: np.ndarray) -> np.ndarray:
+        future = asyncio.get_running_loop().create_future()
+        self.waiting.append(_Waiting(batch, future))
+        self.arrived.set()
+        return await future
+
+    def _take(self, taken: list[_Waiting], count: int) -> int:
+        """Moves waiting requests into `taken` while they fit; the new image count."""
+        while self.waiting and (not taken or count + len(self.waiting[0].images)
+                                <= self.max_batch):
+            taken.append(self.waiting.popleft())
+            count += len(taken[-1].images)
+        return count
+
+    async def _gather(self) -> list[_Waiting]:
+        while not self.waiting:
+            self.arrived.clear()
+            await self.arrived.wait()
+        deadline = asyncio.get_running_loop().time() + self.window
+        taken: list[_Waiting] = []
+        count = self._take(taken, 0)
+        while count < self.max_batch and not self.waiting:
+            remaining = deadline - asyncio.get_running_loop().time()
+            if remaining <= 0:
+                break
+            self.arrived.clear()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self.arrived.wait(), remaining)
+            count = self._take(taken, count)
+        return taken
+
+    async def run(self) -> None:
+        """Serves batches until cancelled."""
+        loop = asyncio.get_running_loop()
+        while True:
+            taken = await self._gather()
+            try:
+                probabilities = await loop.run_in_executor(
+                    self.executor, self.predictor, np.concatenate([w.images for w in taken]))
+            except Exception as e:  # pylint: disable=broad-except
+                for w in taken:
+                    if not w.future.done():
+                        w.future.set_exception(e)
+                continue
+            offsets = np.cumsum([0] + [len(w.images) for w in taken])
+            for w, start, stop in zip(taken, offsets[:-1], offsets[1:]):
+                if not w.future.done():
+                    w.future.set_result(probabilities[start:stop])
+
+
+def _too_many_pixels(name: str) -> RequestError:
+    return RequestError(413, f"{name}: over the limit of {MAX_IMAGE_PIXELS} pixels; send a "
+                             f"smaller image")
+
+
+def pixels(data: bytes, name: str) -> int:
+    """The pixel count an image file's header declares (0 if unreadable); 413 for a
+    decompression bomb, before anything is decoded."""
+    try:
+        with Image.open(io.BytesIO(data)) as image:  # reads the header only
+            return image.width * image.height
+    except Image.DecompressionBombError:
+        raise _too_many_pixels(name) from None
+    except Exception:  # pylint: disable=broad-except  # `decode` names the problem
+        return 0
+
+
+def decode(data: bytes, name: str) -> np.ndarray:
+    """An uploaded file as a model input `[28, 28, 1]`, as predict.py makes it; or RequestError."""
+    if not data:
+        raise RequestError(400, f"{name}: the file is empty; send a PNG or JPEG image")
+    if len(data) > MAX_IMAGE_BYTES:
+        raise RequestError(413, f"{name}: {len(data)} bytes is over the limit of "
+                                f"{MAX_IMAGE_BYTES} bytes per image; send a smaller image")
+    if pixels(data, name) > MAX_IMAGE_PIXELS:
+        raise _too_many_pixels(name)
+    stream = io.BytesIO(data)
+    try:
+        return images.to_model_input(images.read_image(stream))
+    except images.ImageFileError as e:
+        message = str(e).replace(str(stream), name)
+        raise RequestError(400, f"{message}; send a PNG or JPEG image") from None
+
+
+async def _body(request: Request) -> bytes:
+    """The request body, refused once it passes MAX_REQUEST_BYTES."""
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_REQUEST_BYTES:
+            raise RequestError(413, f"the request is over {MAX_REQUEST_BYTES} bytes; send fewer "
+                                    f"or smaller images")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def _multipart_files(request: Request) -> list[tuple[str, bytes]]:
+    try:
+        form = await request.form(max_files=MAX_IMAGES + 1, max_fields=MAX_IMAGES + 1)
+    except HTTPException as e:
+        raise RequestError(400, f"malformed multipart upload ({e.detail}); send files in the "
+                                f"field 'image'") from None
+    try:
+        uploads = form.getlist("image")
+        files = [u for u in uploads if not isinstance(u, str)]
+        if len(files) != len(uploads):
+            raise RequestError(400, "the field 'image' must hold files, not text; use "
+                                    "curl -F image=@FILE")
+        _check_count(len(files), "field 'image'")
+        # a file over the limit is read only up to it: `decode` refuses it
+        return [(u.filename or f"image {i}", await u.read(MAX_IMAGE_BYTES + 1))
+                for i, u in enumerate(files)]
+    finally:
+        await form.close()
+
+
+async def _json_files(request: Request) -> list[tuple[str, bytes]]:
+    try:
+        payload = json.loads(await _body(request))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise RequestError(400, f"malformed JSON ({e}); send "
+                                f"{{\"images\": [base64, ...]}}") from None
+    encoded = payload.get("images") if isinstance(payload, dict) else None
+    if not isinstance(encoded, list) or not all(isinstance(s, str) for s in encoded):
+        raise RequestError(400, "the JSON must be {\"images\": [base64 strings]}")
+    _check_count(len(encoded), "JSON list 'images'")
+    files = []
+    for i, text in enumerate(encoded):
+        try:
+            files.append((f"image {i}", base64.b64decode(text, validate=True)))
+        except (binascii.Error, ValueError):
+            raise RequestError(400, f"image {i}: malformed base64; encode the file's bytes with "
+                                    f"standard base64") from None
+    return files
+
+
+def _check_count(count: int, where: str) -> None:
+    if count == 0:
+        raise RequestError(400, f"no image in the {where}; send at least one")
+    if count > MAX_IMAGES:
+        raise RequestError(413, f"too many images ({count}) in the {where}; at most "
+                                f"{MAX_IMAGES} per request")
+
+
+def _top(request: Request, classes: int) -> int:
+    text = request.query_params.get("top", "3")
+    if not text.isdigit() or not 1 <= int(text) <= min(MAX_TOP, classes):
+        raise RequestError(400, f"top must be a whole number from 1 to {min(MAX_TOP, classes)}, "
+                                f"got {text!r}")
+    return int(text)
+
+
+def create_app(model: portable.Portable, max_batch: int = BATCH_SIZES[-1],
+               window: float = 0.005) -> Starlette:
+    """The app serving `model`; its batch sizes are compiled here, before it answers anyone."""
+    metrics = Metrics()
+    predictor = Predictor(model, max_batch, metrics)
+    batcher = Batcher(predictor, window)
+    info = {"name": model.metadata["model"], "classes": model.class_names,
+            "test_accuracy": model.metadata.get("test_accuracy"),
+            "predictor": model.metadata.get("predictor"), "seeds": model.metadata.get("seeds"),
+            "tta": model.metadata.get("tta"),
+            "version": {"fmnist_jax": fmnist_jax.__version__, "jax": jax.__version__,
+                        "commit": model.metadata.get("commit")},
+            "device": f"{jax.devices()[0].device_kind} ({jax.default_backend()})",
+            "batch_sizes": list(predictor.sizes), "batch_window_ms": window * 1000,
+            "limits": {"images_per_request": MAX_IMAGES, "image_bytes": MAX_IMAGE_BYTES,
+                       "image_pixels": MAX_IMAGE_PIXELS, "request_bytes": MAX_REQUEST_BYTES}}
+
+    async def classify(request: Request) -> Response:
+        top = _top(request, len(model.class_names))
+        length = request.headers.get("content-length", "0")
+        if length.isdigit() and int(length) > MAX_REQUEST_BYTES:
+            raise RequestError(413, f"the request is over {MAX_REQUEST_BYTES} bytes; send fewer "
+                                    f"or smaller images")
+        kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if kind == "multipart/form-data":
+            files = await _multipart_files(request)
+        elif kind == "application/json":
+            files = await _json_files(request)
+        else:
+            raise RequestError(415, f"content type {kind or 'none'!r} is not accepted; send "
+                                    f"multipart/form-data (field 'image') or application/json")
+        inputs = [decode(data, name) if pixels(data, name) <= INLINE_DECODE_PIXELS
+                  else await asyncio.to_thread(decode, data, name) for name, data in files]
+        probabilities = await batcher.classify(np.stack(inputs))
+        return JSONResponse({"model": info["name"], "results": [
+            {"file": name, "top": images.top_classes(p, model.class_names, top)}
+            for (name, _), p in zip(files, probabilities)]})
+
+    async def examples(_: Request) -> Response:
+        listed = json.loads((STATIC / "examples" / "examples.json").read_text())
+        return JSONResponse([dict(e, url=f"/static/examples/{e['file']}") for e in listed])
+
+    async def metrics_page(_: Request) -> Response:
+        return Response(prom.generate_latest(metrics.registry), media_type=prom.CONTENT_TYPE_LATEST)
+
+    async def error(_: Request, e: Exception) -> Response:
+        if isinstance(e, RequestError):
+            status, message = e.status, str(e)
+        elif isinstance(e, HTTPException):
+            status, message = e.status_code, str(e.detail)
+        else:
+            status, message = 500, f"internal error ({type(e).__name__}); please report it"
+        return JSONResponse({"error": message, "status": status}, status_code=status)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: Starlette):
+        task = asyncio.create_task(batcher.run())
+        try:
+            yield
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            batcher.executor.shutdown(wait=True)
+            print(f"stopped after {predictor.served} images", flush=True)
+
+    routes = [Route("/", lambda _: FileResponse(STATIC / "index.html")),
+              Route("/healthz", lambda _: JSONResponse({"status": "ok"})),
+              Route("/v1/model", lambda _: JSONResponse(info)),
+              Route("/v1/examples", examples),
+              Route("/v1/classify", classify, methods=["POST"]),
+              Route("/metrics", metrics_page),
+              Mount("/static", StaticFiles(directory=STATIC), name="static")]
+    measured = Middleware(Measured, metrics=metrics, paths={r.path for r in routes})
+    return Starlette(routes=routes, lifespan=lifespan, middleware=[measured],
+                     exception_handlers={RequestError: error, HTTPException: error,
+                                         Exception: error})
+
+
+def serve(path: str | Path, host: str, port: int, max_batch: int, window: float) -> None:
+    """Serves the model in `path` until SIGINT/SIGTERM (uvicorn's graceful shutdown)."""
+    model = load_model(path)
+    app = create_app(model, max_batch, window)
+    print(f"serving {model.metadata['model']} on http://{host}:{port}/ (batch sizes "
+          f"{list(batch_sizes(max_batch))}, window {window * 1000:g} ms)", flush=True)
+    uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False,
+                timeout_keep_alive=KEEP_ALIVE_SECONDS)
