@@ -158,7 +158,7 @@ def _replace(staging: Path, out: Path) -> None:
         if previous.exists():
             previous.rename(out)
         raise
-    shutil.rmtree(previous)
+    shutil.rmtree(previous, ignore_errors=True)
 
 
 def size_bytes(path: str | Path) -> int:
