@@ -4,22 +4,35 @@ Orbax writes each step to a temporary folder and renames it on commit, so a kill
 a half-written checkpoint that `latest_step()` would pick up. The best parameters per member live
 inside the state (`best_params`), so the latest checkpoint holds both what resumes and what
 evaluation uses.
+
+Orbax's array store keeps no checksums, so each step also holds the SHA-256 of every array's bytes
+(the `checksums` item), computed from the arrays handed to `save` and committed with the step;
+a restore compares the arrays it read with them and treats a step that differs as unreadable.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import hashlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import flax.serialization
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 
 from fmnist_jax.errors import CheckpointError
 
 log = logging.getLogger(__name__)
+ITEMS = ("state", "meta", "checksums")
+
+
+class ChecksumMismatch(Exception):
+    """Arrays read back from a checkpoint differ from the checksums saved with them."""
 
 
 class Checkpoints:
@@ -31,8 +44,7 @@ class Checkpoints:
         options = ocp.CheckpointManagerOptions(
             preservation_policy=ocp.checkpoint_managers.LatestN(n=keep), read_only=read_only,
             create=not read_only)
-        self.manager = ocp.CheckpointManager(self.directory, options=options,
-                                             item_names=("state", "meta"))
+        self.manager = ocp.CheckpointManager(self.directory, options=options, item_names=ITEMS)
 
     def __enter__(self) -> Checkpoints:
         return self
@@ -48,10 +60,16 @@ class Checkpoints:
         return sorted(self.manager.all_steps())
 
     def save(self, step: int, state: Any, meta: dict[str, Any]) -> None:
-        """Saves asynchronously; the write becomes visible only once complete."""
-        self.manager.save(step, args=ocp.args.Composite(
-            state=ocp.args.StandardSave(flax.serialization.to_state_dict(state)),
-            meta=ocp.args.JsonSave(meta)), force=True)
+        """Saves asynchronously; the write becomes visible only once complete.
+
+        The checksums are taken before `save` returns, from the very arrays orbax writes.
+        """
+        state = flax.serialization.to_state_dict(state)
+        items = {"state": ocp.args.StandardSave(state), "meta": ocp.args.JsonSave(meta)}
+        sums = checksums(state)
+        if sums is not None:
+            items["checksums"] = ocp.args.JsonSave({"sha256": sums})
+        self.manager.save(step, args=ocp.args.Composite(**items), force=True)
 
     def wait(self) -> None:
         self.manager.wait_until_finished()
@@ -107,19 +125,37 @@ class Checkpoints:
                                   f"delete that step folder or use another --workdir") from None
 
     def _read_meta(self, step: int) -> dict[str, Any]:
-        restored = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
+        with _reads_finish_before_their_loop_closes():
+            restored = self.manager.restore(
+                step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
         return dict(restored.meta)
 
     def _read_state(self, step: int, template: Any) -> Any:
         target = flax.serialization.to_state_dict(template)
-        stored = ocp.StandardCheckpointHandler().metadata(self.directory / str(step) / "state")
-        # fields newer than the checkpoint that are empty in its run (e.g. no moving average)
-        missing = {k: v for k, v in target.items() if k not in stored and not jax.tree.leaves(v)}
-        abstract = jax.tree.map(_restore_target,
-                                {k: v for k, v in target.items() if k not in missing})
-        restored = self.manager.restore(
-            step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract)))
+        with _reads_finish_before_their_loop_closes():
+            stored = ocp.StandardCheckpointHandler().metadata(self.directory / str(step) / "state")
+            # fields newer than the checkpoint that are empty in its run (e.g. no moving average)
+            missing = {k: v for k, v in target.items()
+                       if k not in stored and not jax.tree.leaves(v)}
+            abstract = jax.tree.map(_restore_target,
+                                    {k: v for k, v in target.items() if k not in missing})
+            restored = self.manager.restore(
+                step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract)))
+            self._verify(step, restored.state)
         return flax.serialization.from_state_dict(template, {**missing, **restored.state})
+
+    def _verify(self, step: int, state: dict[str, Any]) -> None:
+        """Raises `ChecksumMismatch` unless `state`'s arrays match those saved at `step` (a step
+        saved before checksums were kept, or by several processes, goes unchecked)."""
+        if not (self.directory / str(step) / "checksums").is_dir():
+            return
+        saved = self.manager.restore(step, args=ocp.args.Composite(
+            checksums=ocp.args.JsonRestore())).checksums["sha256"]
+        read = checksums(state) or {}
+        differ = [path for path, digest in read.items() if saved.get(path) != digest]
+        if differ:
+            raise ChecksumMismatch(f"{len(differ)} of {len(read)} arrays differ from their "
+                                   f"checksums: {', '.join(differ[:3])}")
 
     def _set_aside(self, steps: list[int], restored: int) -> None:
         """Moves unreadable step folders out of orbax's sight, keeping them for inspection."""
@@ -155,6 +191,50 @@ class Checkpoints:
         for skipped, why in unreadable:
             log.warning("checkpoint step %d in %s is unreadable (%s); using step %d instead",
                         skipped, self.directory, why, step)
+
+
+class _FinishingEventLoop(asyncio.SelectorEventLoop):
+    """An event loop that, asked to close, first lets the tasks still pending in it finish.
+
+    Orbax reads a checkpoint in a fresh event loop and closes it as soon as one array fails to
+    read, while the reads of the other arrays are still under way in tensorstore's threads: they
+    then complete into the closed loop (`RuntimeError: Event loop is closed` from those threads)
+    or are destroyed pending (`Exception ignored in <coroutine ...>` at exit), printing tracebacks
+    after the one-line error.
+    """
+
+    def close(self) -> None:
+        pending = asyncio.all_tasks(self)
+        if pending and not self.is_running() and not self.is_closed():
+            self.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+        super().close()
+
+
+class _FinishingPolicy(asyncio.DefaultEventLoopPolicy):
+    _loop_factory = _FinishingEventLoop
+
+
+@contextlib.contextmanager
+def _reads_finish_before_their_loop_closes() -> Iterator[None]:
+    """Event loops made meanwhile (orbax makes one per restore) are `_FinishingEventLoop`s."""
+    policy = asyncio.get_event_loop_policy()
+    asyncio.set_event_loop_policy(_FinishingPolicy())
+    try:
+        yield
+    finally:
+        asyncio.set_event_loop_policy(policy)
+
+
+def checksums(tree: Any) -> dict[str, str] | None:
+    """The SHA-256 of each array's bytes in `tree`, by its path; None when an array lies partly
+    on another process's devices (no process holds it whole)."""
+    sums = {}
+    for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+        if isinstance(leaf, jax.Array) and not leaf.is_fully_addressable:
+            return None
+        data = np.ascontiguousarray(leaf).reshape(-1).view(np.uint8)
+        sums[jax.tree_util.keystr(path)] = hashlib.sha256(data).hexdigest()
+    return sums
 
 
 def _restore_target(leaf: Any) -> jax.ShapeDtypeStruct:

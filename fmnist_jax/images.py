@@ -4,13 +4,19 @@ Fashion-MNIST turned product photos (dark garments on white) into 28x28 images: 
 close to the background colour, resize the longest edge to 28, centre on the canvas, negate, convert
 to 8-bit grayscale. `to_model_input` does the same to any PNG/JPEG; a picture whose background is
 already dark (as in the dataset) is not negated.
+
+`read_image` decodes a file or uploaded bytes only after checking their size and the pixel count
+their header declares against `MAX_IMAGE_BYTES` and `MAX_IMAGE_PIXELS`, so that a small file
+claiming a huge picture (a decompression bomb) is refused before it takes any memory.
 """
 
 from __future__ import annotations
 
+import os
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -22,6 +28,8 @@ if TYPE_CHECKING:
 
 SIZE = 28
 TRIM_TOLERANCE = 0.05 * 255  # the dataset trimmed edges within 5% of the background intensity
+MAX_IMAGE_BYTES = 50 * 2**20  # the largest file decoded
+MAX_IMAGE_PIXELS = 40_000_000  # the most pixels a decoded image may have (e.g. 8000 x 5000)
 
 
 class ImageFileError(UserError):
@@ -41,15 +49,46 @@ def _grayscale(image: Image.Image) -> np.ndarray:
     return np.asarray(image.convert("L"), np.float64)
 
 
-def read_image(path: str | Path) -> np.ndarray:
-    """The file's intensities `[H, W]` (0..255), upright; `ImageFileError` if it is not an image."""
+def _size_bytes(source: str | Path | IO[bytes]) -> int:
+    if isinstance(source, (str, Path)):
+        return os.stat(source).st_size
+    start = source.tell()
+    end = source.seek(0, os.SEEK_END)
+    source.seek(start)
+    return end - start
+
+
+def _open(source: str | Path | IO[bytes], name: str) -> Image.Image:
+    """The image with only its header read, once its file size and pixel count are within limits."""
+    size = _size_bytes(source)
+    if size > MAX_IMAGE_BYTES:
+        raise ImageFileError(f"{name}: {size:,} bytes, over the limit of {MAX_IMAGE_BYTES:,}; "
+                             f"use a smaller file")
+    too_large = f"over the limit of {MAX_IMAGE_PIXELS:,} pixels; scale it down"
+    with warnings.catch_warnings():  # PIL's own, larger limit: a warning, and twice it an error
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        try:
+            image = Image.open(source)
+        except (Image.DecompressionBombWarning, Image.DecompressionBombError) as e:
+            raise ImageFileError(f"{name}: {too_large} ({e})") from None
+    width, height = image.size
+    if width * height > MAX_IMAGE_PIXELS:
+        image.close()
+        raise ImageFileError(f"{name}: {width} x {height} pixels, {too_large}")
+    return image
+
+
+def read_image(source: str | Path | IO[bytes]) -> np.ndarray:
+    """The intensities `[H, W]` (0..255), upright, of an image file or of a binary file object
+    (e.g. `io.BytesIO` of uploaded bytes); `ImageFileError` if it is not an image within limits."""
+    name = str(source) if isinstance(source, (str, Path)) else getattr(source, "name", "image")
     try:
-        with Image.open(path) as image:
+        with _open(source, name) as image:
             return _grayscale(ImageOps.exif_transpose(image))
     except FileNotFoundError:
-        raise ImageFileError(f"{path}: no such file") from None
+        raise ImageFileError(f"{name}: no such file") from None
     except (UnidentifiedImageError, OSError, ValueError) as e:
-        raise ImageFileError(f"{path}: not an image that can be read "
+        raise ImageFileError(f"{name}: not an image that can be read "
                              f"({type(e).__name__}: {str(e)[:120]})") from None
 
 
@@ -83,9 +122,9 @@ def to_model_input(gray: np.ndarray) -> np.ndarray:
     return canvas[..., None]
 
 
-def load_image(path: str | Path) -> np.ndarray:
-    """An image file as a model input `[28, 28, 1]` uint8."""
-    return to_model_input(read_image(path))
+def load_image(source: str | Path | IO[bytes]) -> np.ndarray:
+    """An image file (or binary file object) as a model input `[28, 28, 1]` uint8."""
+    return to_model_input(read_image(source))
 
 
 def top_classes(probabilities: np.ndarray, class_names: Sequence[str], k: int) -> list[dict]:

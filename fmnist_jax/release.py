@@ -10,6 +10,7 @@ export commands, the code commit, seeds, device, training time and test metrics.
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,11 @@ import numpy as np
 from fmnist_jax import evaluation, portable
 from fmnist_jax.checkpointing import Checkpoints
 from fmnist_jax.errors import UserError
+
+log = logging.getLogger(__name__)
+# What a release folder holds; a folder with anything else is never replaced.
+RELEASE_FILES = ("checkpoints", "config.json", "metrics.jsonl", "release.json", "summary.json",
+                 portable.MODEL_FILE, portable.METADATA_FILE)
 
 
 def _member(tree: Any, index: int | None) -> Any:
@@ -55,12 +61,14 @@ def _select(summary: dict[str, Any], index: int | None) -> dict[str, Any]:
 
 
 def export(workdir: str | Path, out: str | Path, seed: int | None = None,
-           command: str = "") -> dict[str, Any]:
+           command: str = "", overwrite: bool = False) -> dict[str, Any]:
     """Writes the release of `workdir` (all members, or only `seed`'s) to `out`; its record.
 
-    The release is assembled beside `out` and renamed into place, so `out` is never half-written.
+    An existing `out` is replaced only with `overwrite`, and only when it is a release. The new
+    release is assembled beside `out` and renamed into place, so `out` is never half-written.
     """
     workdir, out = Path(workdir), Path(out)
+    _check_out(out, overwrite)
     if not (workdir / "summary.json").is_file():
         raise UserError(f"{workdir} has no summary.json: only a finished run can be released; "
                         f"finish it with scripts/train.py --workdir={workdir}")
@@ -78,6 +86,16 @@ def export(workdir: str | Path, out: str | Path, seed: int | None = None,
     staging = out.with_name(out.name + ".partial")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
+    try:
+        _write(staging, workdir, restored, index, meta, summary, record)
+        _replace(staging, out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return record
+
+
+def _write(staging: Path, workdir: Path, restored: evaluation.Restored, index: int | None,
+           meta: dict[str, Any], summary: dict[str, Any], record: dict[str, Any]) -> None:
     shutil.copy2(workdir / "metrics.jsonl", staging / "metrics.jsonl")
     (staging / "config.json").write_text(json.dumps(meta, indent=2) + "\n")
     (staging / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
@@ -87,18 +105,62 @@ def export(workdir: str | Path, out: str | Path, seed: int | None = None,
     with Checkpoints(staging, keep=1) as ckpts:
         ckpts.save(restored.step, weights, meta)
     write_portable(staging)
-    _replace(staging, out)
-    return record
+
+
+def _not_a_release(path: Path) -> str:
+    """Why `path` is not a release folder this module wrote; '' when it is one."""
+    if not path.is_dir():
+        return "is a file"
+    extra = sorted(p.name for p in path.iterdir() if p.name not in RELEASE_FILES)
+    if extra:
+        return f"holds {', '.join(extra[:5])}, which a release does not"
+    return "" if (path / "release.json").is_file() else "has no release.json"
+
+
+def _previous(out: Path) -> Path:
+    """Where `_replace` keeps the release it replaces until the new one is in place."""
+    return out.with_name(out.name + ".old")
+
+
+def _check_out(out: Path, overwrite: bool) -> None:
+    """Refuses an `out` that exists, unless `overwrite` and it is a release (or an empty folder).
+
+    A release left aside by a replacement that was killed between its two renames is put back
+    first, so it is never lost.
+    """
+    previous = _previous(out)
+    if not out.exists() and previous.exists() and not _not_a_release(previous):
+        previous.rename(out)
+        log.warning("put back %s, left aside by an interrupted export", out)
+    if previous.exists() and _not_a_release(previous):
+        raise UserError(f"{previous} is in the way of replacing {out}; move it elsewhere")
+    if not out.exists():
+        return
+    if not overwrite:
+        raise UserError(f"--out {out} exists; pass --overwrite to replace the release there, or "
+                        f"choose another --out")
+    if out.is_dir() and not any(out.iterdir()):
+        return
+    why = _not_a_release(out)
+    if why:
+        raise UserError(f"--out {out} {why}; --overwrite replaces only a release: choose "
+                        f"another --out")
 
 
 def _replace(staging: Path, out: Path) -> None:
-    """Moves `staging` to `out`, replacing a previous release only once the new one is complete."""
-    old = out.with_name(out.name + ".old")
-    shutil.rmtree(old, ignore_errors=True)
+    """Moves the complete release `staging` to `out`; a previous release there is set aside until
+    then (and put back by the next export if this one is killed in between)."""
+    previous = _previous(out)
+    shutil.rmtree(previous, ignore_errors=True)  # a release that an earlier export replaced
     if out.exists():
-        out.rename(old)
-    staging.rename(out)
-    shutil.rmtree(old, ignore_errors=True)
+        out.rename(previous)
+    try:
+        staging.rename(out)
+    except OSError:
+        if previous.exists():
+            previous.rename(out)
+        raise
+    shutil.rmtree(previous, ignore_errors=True)
 
 
 def write_portable(folder: str | Path) -> list[Path]:

@@ -4,6 +4,7 @@ predict.py read as they read the run itself (see fmnist_jax/release.py).
   python scripts/export.py --workdir=checkpoints/cnn-20250101-120000 --out=checkpoints/pretrained/cnn
   python scripts/export.py --workdir=RUN --out=DIR --seed=2   # one member of a multi-seed run
   python scripts/export.py --workdir=DIR --portable-only        # add model.jaxexport to DIR only
+  python scripts/export.py --workdir=RUN --out=checkpoints/pretrained/cnn --overwrite  # replace it
 """
 
 from __future__ import annotations
@@ -19,7 +20,9 @@ from fmnist_jax import cli  # noqa: E402  pylint: disable=wrong-import-position
 def main(argv) -> None:
     parser = cli.Parser(description=__doc__)
     parser.add_argument("--workdir", required=True, help="a finished run of scripts/train.py")
-    parser.add_argument("--out", help="the release folder (replaced if present)")
+    parser.add_argument("--out", help="the release folder to write")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace the release in --out (only a release, never another folder)")
     parser.add_argument("--seed", type=int, help="release this member only (default: all)")
     parser.add_argument("--portable-only", action="store_true",
                         help="write only the portable model (model.jaxexport, model.json) into "
@@ -34,7 +37,8 @@ def main(argv) -> None:
         print(f"wrote {', '.join(str(p) for p in paths)}: "
               f"{sum(p.stat().st_size for p in paths) / 2**20:.1f} MiB")
         return
-    record = release.export(args.workdir, args.out, args.seed, cli.command_line())
+    record = release.export(args.workdir, args.out, args.seed, cli.command_line(),
+                            args.overwrite)
     accuracy = ", ".join(f"{a:.2%}" for a in record["test_accuracy"])
     print(f"released {record['model']} (seeds {record['seeds']}, test accuracy {accuracy}) to "
           f"{args.out}: {release.size_bytes(args.out) / 2**20:.1f} MiB")

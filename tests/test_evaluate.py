@@ -4,16 +4,22 @@ checked against independent recomputations from the files they write; image prep
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
+import re
 import shutil
+import struct
+import zlib
 from pathlib import Path
 
+import chex
 import numpy as np
 import pytest
 from PIL import Image
 
 from fmnist_jax import data, evaluation, images
+from fmnist_jax.config import CONFIG_DIR
 from fmnist_jax.errors import CheckpointError, UserError
 from subprocess_runs import ROOT, one_line_error, run
 
@@ -292,3 +298,75 @@ def test_a_file_that_is_not_an_image_raises_a_user_error(tmp_path):
         images.load_image(tmp_path / "x.png")
     with pytest.raises(images.ImageFileError, match="no such file"):
         images.load_image(tmp_path / "missing.png")
+
+
+def bomb_png(width: int, height: int) -> bytes:
+    """A valid PNG of about a kilobyte whose header declares `width` x `height` grey pixels: its
+    one IDAT chunk is a megabyte of zero bytes, compressed (a decompression bomb)."""
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return (struct.pack(">I", len(body)) + kind + body
+                + struct.pack(">I", zlib.crc32(kind + body)))
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)  # 8-bit greyscale
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header)
+            + chunk(b"IDAT", zlib.compress(bytes(2**20), 9)) + chunk(b"IEND", b""))
+
+
+@pytest.mark.parametrize("width, height, message", [
+    (100_000, 100_000, "over the limit of 40,000,000 pixels; scale it down (Image size "
+                       "(10000000000 pixels) exceeds"),  # PIL's own error
+    (10_000, 10_000, "over the limit of 40,000,000 pixels; scale it down (Image size "
+                     "(100000000 pixels) exceeds"),  # PIL's own warning
+    (8_000, 5_001, "8000 x 5001 pixels, over the limit of 40,000,000 pixels; scale it down"),
+])
+def test_an_image_over_the_pixel_limit_is_refused_before_decoding(width, height, message,
+                                                                  tmp_path):
+    path = tmp_path / "bomb.png"
+    path.write_bytes(bomb_png(width, height))
+    assert path.stat().st_size < 2000
+    with pytest.raises(images.ImageFileError, match="^" + re.escape(f"{path}: {message}")):
+        images.read_image(path)
+    with pytest.raises(images.ImageFileError, match="^" + re.escape(f"image: {message}")):
+        images.read_image(io.BytesIO(bomb_png(width, height)))
+
+
+def test_a_file_over_the_size_limit_is_refused_before_decoding(tmp_path, monkeypatch):
+    path = tmp_path / "big.png"
+    Image.fromarray(np.zeros((28, 28), np.uint8)).save(path)
+    size = path.stat().st_size
+    monkeypatch.setattr(images, "MAX_IMAGE_BYTES", size - 1)
+    expected = f"{size:,} bytes, over the limit of {size - 1:,}; use a smaller file"
+    with pytest.raises(images.ImageFileError, match=f"^{re.escape(f'{path}: {expected}')}$"):
+        images.read_image(path)
+    with pytest.raises(images.ImageFileError, match=f"^{re.escape(f'image: {expected}')}$"):
+        images.read_image(io.BytesIO(path.read_bytes()))
+
+
+def test_uploaded_bytes_read_as_the_file_does(sample_images, tmp_path):
+    path = tmp_path / "photo.jpg"
+    Image.fromarray(as_photo(sample_images.images[1])).save(path, quality=92)
+    from_file = images.read_image(path)
+    from_bytes = images.read_image(io.BytesIO(path.read_bytes()))
+    chex.assert_shape(from_bytes, from_file.shape)
+    np.testing.assert_array_equal(from_bytes, from_file)
+    np.testing.assert_array_equal(images.load_image(io.BytesIO(path.read_bytes())),
+                                  images.load_image(path))
+
+
+@pytest.mark.e2e
+def test_predict_refuses_a_decompression_bomb_and_classifies_the_other_files(sample_images,
+                                                                             tmp_path):
+    good = tmp_path / "garment.png"
+    Image.fromarray(sample_images.images[0, ..., 0]).save(good)
+    bombs = [tmp_path / "bomb.png", tmp_path / "large.png"]
+    bombs[0].write_bytes(bomb_png(100_000, 100_000))
+    bombs[1].write_bytes(bomb_png(7_000, 7_000))
+    release = CONFIG_DIR.parent / "checkpoints" / "pretrained" / "mlp"
+    result = run("predict", f"--workdir={release}", str(bombs[0]), str(good), str(bombs[1]))
+    assert result.returncode == 2, result.stderr
+    assert result.stdout.startswith(f"{good}: ") and len(result.stdout.splitlines()) == 1
+    assert result.stderr.splitlines() == [
+        f"error: {bombs[0]}: over the limit of 40,000,000 pixels; scale it down (Image size "
+        f"(10000000000 pixels) exceeds limit of 178956970 pixels, could be decompression bomb "
+        f"DOS attack.)",
+        f"error: {bombs[1]}: 7000 x 7000 pixels, over the limit of 40,000,000 pixels; scale it "
+        f"down"], result.stderr

@@ -19,10 +19,12 @@ import pytest
 
 import subprocess_runs as runs
 from fmnist_jax import run
+from fmnist_jax.config import CONFIG_DIR
 from fmnist_jax.errors import UserError
 
 pytestmark = pytest.mark.e2e
 LAST_STEP = 3 * runs.STEPS_PER_EPOCH
+PRETRAINED = CONFIG_DIR.parent / "checkpoints" / "pretrained"
 
 
 def train(workdir: Path, *extra: str, fault: str | None = None):
@@ -143,6 +145,15 @@ def _truncate_largest_array_file(step_dir: Path) -> None:
         f.truncate(1000)
 
 
+def _flip_a_byte_in_array_data(step_dir: Path) -> None:
+    """A byte in the middle of the largest array file inverted: it still decompresses, to other
+    numbers (orbax's array store keeps no checksums of its own)."""
+    largest = max((step_dir / "state").rglob("d/*"), key=lambda p: p.stat().st_size)
+    data = bytearray(largest.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    largest.write_bytes(bytes(data))
+
+
 def _garble_run_record(step_dir: Path) -> None:
     (step_dir / "meta" / "metadata").write_text("{not json")
 
@@ -157,6 +168,7 @@ def _empty_step_folder(step_dir: Path) -> None:
 
 
 CORRUPTIONS: dict[str, Callable[[Path], None]] = {
+    "flipped-byte-in-array-data": _flip_a_byte_in_array_data,
     "truncated-array-data": _truncate_largest_array_file,
     "garbled-run-record": _garble_run_record,
     "deleted-array-manifest": _delete_array_manifest,
@@ -174,6 +186,30 @@ def test_corrupt_latest_checkpoint_falls_back_to_the_previous_one(corrupt, tmp_p
     assert f"checkpoint step {LAST_STEP} in {workdir / 'checkpoints'} is unreadable" in warnings
     assert f"moved unreadable checkpoint step {LAST_STEP} to" in warnings
     assert (workdir / "checkpoints-unreadable" / str(LAST_STEP)).is_dir()
+
+
+@pytest.fixture(scope="module")
+def release(tmp_path_factory) -> Path:
+    """The shipped mlp release exported anew: one checkpoint, with checksums."""
+    out = tmp_path_factory.mktemp("release") / "mlp"
+    result = runs.run("export", f"--workdir={PRETRAINED / 'mlp'}", f"--out={out}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    return out
+
+
+@pytest.mark.parametrize("corrupt", CORRUPTIONS.values(), ids=CORRUPTIONS.keys())
+def test_evaluating_a_release_with_a_corrupt_checkpoint_prints_one_line_and_nothing_after(
+        corrupt, tmp_path, release):
+    """Its only checkpoint unreadable: the error line alone, and no tracebacks after it from
+    orbax's reads still under way when the first one failed."""
+    copy = Path(shutil.copytree(release, tmp_path / "mlp"))
+    step_dir = next((copy / "checkpoints").iterdir())
+    corrupt(step_dir)
+    line = runs.one_line_error(runs.run("evaluate", f"--workdir={copy}"), 2)
+    assert line.startswith(f"error: no readable checkpoint in {copy / 'checkpoints'}: "
+                           f"step {step_dir.name} ("), line
+    if corrupt is _flip_a_byte_in_array_data:
+        assert "(ChecksumMismatch: 1 of 20 arrays differ from their checksums: " in line
 
 
 def test_workdir_under_a_file_fails_before_training(tmp_path):

@@ -1,0 +1,103 @@
+"""scripts/export.py never loses a folder: an existing --out is refused with one line unless
+--overwrite, --overwrite replaces only a release, and a replacement killed half-way is undone."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+import subprocess_runs as runs
+from fmnist_jax.config import CONFIG_DIR
+
+pytestmark = pytest.mark.e2e
+PRETRAINED = CONFIG_DIR.parent / "checkpoints" / "pretrained"
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    """Every file under `folder` (folders too, as empty), by relative path: its bytes."""
+    return {str(p.relative_to(folder)): p.read_bytes() if p.is_file() else b""
+            for p in sorted(folder.rglob("*"))}
+
+
+def export(workdir: Path, out: Path, *extra: str):
+    return runs.run("export", f"--workdir={workdir}", f"--out={out}", *extra)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> Path:
+    """A finished training workdir (one small epoch of an mlp)."""
+    workdir = tmp_path_factory.mktemp("trained") / "run"
+    result = runs.run("train", *runs.SMALL_RUN, "--epochs=1", f"--workdir={workdir}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    return workdir
+
+
+@pytest.fixture
+def mlp_release(tmp_path) -> Path:
+    return Path(shutil.copytree(PRETRAINED / "mlp", tmp_path / "mlp"))
+
+
+def _unrelated_files(tmp_path: Path) -> Path:
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    (folder / "shirt.png").write_bytes(b"not really a png")
+    (folder / "notes.txt").write_text("keep me")
+    return folder
+
+
+def _release_with_evaluation(tmp_path: Path) -> Path:
+    folder = Path(shutil.copytree(PRETRAINED / "mlp", tmp_path / "mlp"))
+    (folder / "eval-test").mkdir()
+    (folder / "eval-test" / "metrics.json").write_text("{}")
+    return folder
+
+
+def test_export_into_a_release_of_another_model_is_refused_without_overwrite(mlp_release):
+    before = snapshot(mlp_release)
+    line = runs.one_line_error(export(PRETRAINED / "cnn", mlp_release), 2)
+    assert line == (f"error: --out {mlp_release} exists; pass --overwrite to replace the release "
+                    f"there, or choose another --out")
+    assert snapshot(mlp_release) == before
+    assert sorted(p.name for p in mlp_release.parent.iterdir()) == ["mlp"]
+
+
+@pytest.mark.parametrize("make_out, why", [
+    pytest.param(lambda tmp, trained: trained, "has no release.json", id="training-workdir"),
+    pytest.param(lambda tmp, trained: _unrelated_files(tmp),
+                 "holds notes.txt, shirt.png, which a release does not", id="unrelated-files"),
+    pytest.param(lambda tmp, trained: _release_with_evaluation(tmp),
+                 "holds eval-test, which a release does not", id="release-with-evaluation"),
+])
+def test_overwrite_never_replaces_a_folder_that_is_not_only_a_release(make_out, why, tmp_path,
+                                                                      trained):
+    out = make_out(tmp_path, trained)
+    before = snapshot(out)
+    siblings = sorted(p.name for p in out.parent.iterdir())
+    line = runs.one_line_error(export(PRETRAINED / "cnn", out, "--overwrite"), 2)
+    assert line == (f"error: --out {out} {why}; --overwrite replaces only a release: choose "
+                    f"another --out")
+    assert snapshot(out) == before
+    assert sorted(p.name for p in out.parent.iterdir()) == siblings
+
+
+def test_overwrite_replaces_a_release_and_leaves_nothing_beside_it(mlp_release, trained):
+    result = export(trained, mlp_release, "--overwrite")
+    assert result.returncode == 0, result.stderr[-3000:]
+    record = json.loads((mlp_release / "release.json").read_text())
+    assert record["export_command"].endswith("--overwrite")
+    assert record["param_count"] != json.loads(
+        (PRETRAINED / "mlp" / "release.json").read_text())["param_count"]
+    assert sorted(p.name for p in mlp_release.parent.iterdir()) == ["mlp"]
+
+
+def test_a_release_set_aside_by_a_killed_replacement_is_put_back(mlp_release):
+    """Killed between the two renames: the old release is `mlp.old`, `mlp` is missing."""
+    before = snapshot(mlp_release)
+    aside = mlp_release.rename(mlp_release.with_name("mlp.old"))
+    result = export(PRETRAINED / "cnn", mlp_release)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith(f"error: --out {mlp_release} exists")
+    assert not aside.exists() and snapshot(mlp_release) == before
