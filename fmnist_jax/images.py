@@ -36,6 +36,10 @@ class ImageFileError(UserError):
     """A file that cannot be read as an image."""
 
 
+class ImageTooLargeError(ImageFileError):
+    """An image over the file-size or pixel limit, refused before it is decoded."""
+
+
 def _grayscale(image: Image.Image) -> np.ndarray:
     """Intensities `[H, W]` in 0..255 (float); transparent areas become white, like paper."""
     if image.mode in ("I;16", "I;16B", "I;16L"):
@@ -58,32 +62,38 @@ def _size_bytes(source: str | Path | IO[bytes]) -> int:
     return end - start
 
 
-def _open(source: str | Path | IO[bytes], name: str) -> Image.Image:
+def _open(source: str | Path | IO[bytes], name: str, max_bytes: int,
+          max_pixels: int) -> Image.Image:
     """The image with only its header read, once its file size and pixel count are within limits."""
     size = _size_bytes(source)
-    if size > MAX_IMAGE_BYTES:
-        raise ImageFileError(f"{name}: {size:,} bytes, over the limit of {MAX_IMAGE_BYTES:,}; "
-                             f"use a smaller file")
-    too_large = f"over the limit of {MAX_IMAGE_PIXELS:,} pixels; scale it down"
+    if size > max_bytes:
+        raise ImageTooLargeError(f"{name}: {size:,} bytes, over the limit of {max_bytes:,}; "
+                                 f"use a smaller file")
+    too_large = f"over the limit of {max_pixels:,} pixels; scale it down"
     with warnings.catch_warnings():  # PIL's own, larger limit: a warning, and twice it an error
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         try:
             image = Image.open(source)
         except (Image.DecompressionBombWarning, Image.DecompressionBombError) as e:
-            raise ImageFileError(f"{name}: {too_large} ({e})") from None
+            raise ImageTooLargeError(f"{name}: {too_large} ({e})") from None
     width, height = image.size
-    if width * height > MAX_IMAGE_PIXELS:
+    if width * height > max_pixels:
         image.close()
-        raise ImageFileError(f"{name}: {width} x {height} pixels, {too_large}")
+        raise ImageTooLargeError(f"{name}: {width} x {height} pixels, {too_large}")
     return image
 
 
-def read_image(source: str | Path | IO[bytes]) -> np.ndarray:
+def read_image(source: str | Path | IO[bytes], name: str | None = None,
+               max_bytes: int | None = None, max_pixels: int | None = None) -> np.ndarray:
     """The intensities `[H, W]` (0..255), upright, of an image file or of a binary file object
-    (e.g. `io.BytesIO` of uploaded bytes); `ImageFileError` if it is not an image within limits."""
-    name = str(source) if isinstance(source, (str, Path)) else getattr(source, "name", "image")
+    (e.g. `io.BytesIO` of uploaded bytes, named `name` in errors); `ImageTooLargeError` over the
+    limits (default MAX_IMAGE_BYTES and MAX_IMAGE_PIXELS), checked before decoding, and
+    `ImageFileError` if it is not an image."""
+    if name is None:
+        name = str(source) if isinstance(source, (str, Path)) else getattr(source, "name", "image")
+    limits = (max_bytes or MAX_IMAGE_BYTES, max_pixels or MAX_IMAGE_PIXELS)
     try:
-        with _open(source, name) as image:
+        with _open(source, name, *limits) as image:
             return _grayscale(ImageOps.exif_transpose(image))
     except FileNotFoundError:
         raise ImageFileError(f"{name}: no such file") from None

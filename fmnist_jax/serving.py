@@ -230,38 +230,27 @@ class Batcher:
                     w.future.set_result(probabilities[start:stop])
 
 
-def _too_many_pixels(name: str) -> RequestError:
-    return RequestError(413, f"{name}: over the limit of {MAX_IMAGE_PIXELS} pixels; send a "
-                             f"smaller image")
-
-
-def pixels(data: bytes, name: str) -> int:
-    """The pixel count an image file's header declares (0 if unreadable); 413 for a
-    decompression bomb, before anything is decoded."""
+def pixels(data: bytes) -> int:
+    """The pixel count an image file's header declares (0 if unreadable)."""
     try:
         with Image.open(io.BytesIO(data)) as image:  # reads the header only
             return image.width * image.height
-    except Image.DecompressionBombError:
-        raise _too_many_pixels(name) from None
     except Exception:  # pylint: disable=broad-except  # `decode` names the problem
         return 0
 
 
 def decode(data: bytes, name: str) -> np.ndarray:
-    """An uploaded file as a model input `[28, 28, 1]`, as predict.py makes it; or RequestError."""
+    """An uploaded file as a model input `[28, 28, 1]`, as predict.py makes it; or RequestError
+    (413 over the limits, checked before decoding)."""
     if not data:
         raise RequestError(400, f"{name}: the file is empty; send a PNG or JPEG image")
-    if len(data) > MAX_IMAGE_BYTES:
-        raise RequestError(413, f"{name}: {len(data)} bytes is over the limit of "
-                                f"{MAX_IMAGE_BYTES} bytes per image; send a smaller image")
-    if pixels(data, name) > MAX_IMAGE_PIXELS:
-        raise _too_many_pixels(name)
-    stream = io.BytesIO(data)
     try:
-        return images.to_model_input(images.read_image(stream))
+        return images.to_model_input(images.read_image(
+            io.BytesIO(data), name, MAX_IMAGE_BYTES, MAX_IMAGE_PIXELS))
+    except images.ImageTooLargeError as e:
+        raise RequestError(413, f"{e}; send a smaller image") from None
     except images.ImageFileError as e:
-        message = str(e).replace(str(stream), name)
-        raise RequestError(400, f"{message}; send a PNG or JPEG image") from None
+        raise RequestError(400, f"{e}; send a PNG or JPEG image") from None
 
 
 async def _body(request: Request) -> bytes:
@@ -363,7 +352,7 @@ def create_app(model: portable.Portable, max_batch: int = BATCH_SIZES[-1],
         else:
             raise RequestError(415, f"content type {kind or 'none'!r} is not accepted; send "
                                     f"multipart/form-data (field 'image') or application/json")
-        inputs = [decode(data, name) if pixels(data, name) <= INLINE_DECODE_PIXELS
+        inputs = [decode(data, name) if pixels(data) <= INLINE_DECODE_PIXELS
                   else await asyncio.to_thread(decode, data, name) for name, data in files]
         probabilities = await batcher.classify(np.stack(inputs))
         return JSONResponse({"model": info["name"], "results": [
