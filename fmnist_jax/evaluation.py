@@ -249,8 +249,10 @@ def default_output_dir(workdir: str | Path, split: str) -> Path:
     return Path(workdir) / f"eval-{split}"
 
 
-def write_outputs(evaluation: Evaluation, summary: dict[str, Any], out: Path) -> list[Path]:
-    """metrics.json, predictions CSV(s), the figures and report.md in `out`; the paths written."""
+def write_outputs(evaluation: Evaluation, summary: dict[str, Any], out: Path,
+                  extra_figures: Sequence[Path] = ()) -> list[Path]:
+    """metrics.json, predictions CSV(s), the figures and report.md in `out`; the paths written.
+    `extra_figures`, already in `out` (the explanations), are listed in the report too."""
     out.mkdir(parents=True, exist_ok=True)
     names = evaluation.restored.class_names
     written = [out / "metrics.json", out / "predictions.csv"]
@@ -263,6 +265,7 @@ def write_outputs(evaluation: Evaluation, summary: dict[str, Any], out: Path) ->
     figures = plots.evaluation_figures(evaluation.images, evaluation.labels,
                                        evaluation.probabilities, summary,
                                        run.read_history(evaluation.restored.workdir), out)
+    figures += list(extra_figures)
     written += figures
     written.append(out / "report.md")
     written[-1].write_text(report.evaluation_report(summary, [f.name for f in figures]))

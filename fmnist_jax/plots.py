@@ -244,3 +244,45 @@ def comparison_figure(labels: Sequence[str], class_names: Sequence[str], f1: np.
     ax.set_ylabel("F1")
     ax.set_title("Per-class F1 by model" + (" (error bars: std across seeds)" if std.any() else ""))
     return fig
+
+
+def _heatmap(ax: plt.Axes, image: np.ndarray, heat: np.ndarray, scale: float, signed: bool) -> None:
+    """A signed map alone (red positive, blue negative), or the image in grey under the map."""
+    _show_image(ax, image)
+    if signed:
+        ax.imshow(heat, cmap="bwr", vmin=-scale, vmax=scale)
+    else:
+        ax.imshow(heat, cmap="inferno", vmin=0, vmax=scale, alpha=0.65)
+
+
+def explanation_figure(images: np.ndarray, titles: Sequence[str], maps: np.ndarray,
+                       targets: np.ndarray, probabilities: np.ndarray,
+                       class_names: Sequence[str], second_label: Sequence[str], method: str,
+                       signed: bool, mistakes: Sequence[bool] = ()) -> plt.Figure:
+    """Per example, three panels: the image, the map of the predicted class and of a second one
+    (`maps` `[N, 2, 28, 28]`, `targets` `[N, 2]`); both maps share one colour scale."""
+    per_row = 3
+    rows = (len(images) + per_row - 1) // per_row
+    fig, axes = plt.subplots(rows, 3 * per_row, figsize=(1.45 * 3 * per_row, 1.75 * rows),
+                             squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for k, image in enumerate(images):
+        cell = axes[k // per_row, 3 * (k % per_row):3 * (k % per_row) + 3]
+        color = WRONG if k < len(mistakes) and mistakes[k] else RIGHT
+        cell[0].axis("on")
+        _show_image(cell[0], image)
+        cell[0].set_title(titles[k], fontsize=7.5, color=color)
+        scale = float(np.abs(maps[k]).max()) or 1.0
+        for j, ax in enumerate(cell[1:]):
+            ax.axis("on")
+            _heatmap(ax, image, maps[k, j], scale, signed)
+            c = targets[k, j]
+            what = "pred" if j == 0 else second_label[k]
+            ax.set_title(f"{what}: {class_names[c]}\n{probabilities[k, c]:.1%}", fontsize=7.5,
+                         color=color if j == 0 else "black")
+    colours = "red: evidence for the class, blue: against" if signed else "bright: important"
+    fig.suptitle(f"{method} ({colours}): the image, the map of the predicted class, then of the "
+                 f"true class (a mistake, red) or the runner-up (correct, green)", fontsize=10)
+    fig.tight_layout()
+    return fig

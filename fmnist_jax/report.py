@@ -110,6 +110,24 @@ def _members_table(summary: dict[str, Any]) -> str:
     return table(["seed", "epoch", "accuracy", "loss", "macro F1"], rows)
 
 
+def explanations_section(explanations: dict[str, Any]) -> str:
+    """The sanity checks of the heat maps: deletion areas and the random-weights correlation."""
+    methods = [m for m in ("grad_cam", "integrated_gradients") if m in explanations]
+    random_auc = explanations["random_order"]["auc"]
+    rows = [[{"grad_cam": "Grad-CAM", "integrated_gradients": "integrated gradients"}[m],
+             number(explanations[m]["deletion_auc"]), number(random_auc),
+             number(explanations[m]["random_weights_rank_correlation"])] for m in methods]
+    text = (f"Heat maps of member {explanations['member']} (seed {explanations['seed']}); numbers "
+            f"on {explanations['images']} random images of the split. Deletion: the probability "
+            "of the predicted class as pixels are blacked out, most attributed first or in a "
+            "random order; the area under that curve is lower when the map found the pixels "
+            "that matter. Random weights: Spearman correlation between the maps of the trained "
+            "weights and of freshly initialised ones (on half the images); near 0 means the maps "
+            "depend on what the model learned (Adebayo et al. 2018).\n")
+    return text + "\n" + table(["method", "deletion AUC", "random order AUC",
+                                "correlation with random weights"], rows)
+
+
 def evaluation_report(summary: dict[str, Any], figures: Sequence[str]) -> str:
     """report.md: the run, the numbers, and the figures (linked by file name)."""
     ev, tr = summary["evaluation"], summary["training"]
@@ -134,6 +152,8 @@ def evaluation_report(summary: dict[str, Any], figures: Sequence[str]) -> str:
         parts += ["## Members\n",
                   "The ensemble averages the members' class probabilities.\n",
                   _members_table(summary)]
+    if "explanations" in summary:
+        parts += ["## Explanations\n", explanations_section(summary["explanations"])]
     parts += ["## Figures\n"] + [f"![{name}]({name})\n" for name in figures]
     return "\n".join(parts)
 

@@ -27,16 +27,23 @@ def main(argv) -> None:
                         help="each member's best-by-validation weights, or the latest ones "
                              "(the moving average of the weights when the run kept one)")
     parser.add_argument("--output-dir", help="where to write (default WORKDIR/eval-SPLIT)")
+    parser.add_argument("--no-explain", action="store_true",
+                        help="skip the explanations (Grad-CAM, integrated gradients and their "
+                             "sanity checks on a few hundred images)")
     cli.add_data_flag(parser)
     parser.add_argument("--debug", action="store_true", help="show tracebacks of input errors")
     args = parser.parse_args(argv)
     start = time.perf_counter()
-    from fmnist_jax import evaluation, report  # pylint: disable=import-outside-toplevel
+    # pylint: disable-next=import-outside-toplevel
+    from fmnist_jax import evaluation, explain, report
     restored = evaluation.load_workdir(args.workdir, args.checkpoint, args.data_dir)
     result = evaluation.evaluate(restored, args.split)
     summary = evaluation.summarize(result)
     out = Path(args.output_dir or evaluation.default_output_dir(args.workdir, args.split))
-    written = evaluation.write_outputs(result, summary, out)
+    figures = []
+    if not args.no_explain:
+        summary["explanations"], figures = explain.explain_evaluation(result, out)
+    written = evaluation.write_outputs(result, summary, out, figures)
     print(report.headline(summary))
     print(report.per_class_table(summary))
     print(f"wrote {len(written)} files to {out} in {time.perf_counter() - start:.1f}s "
