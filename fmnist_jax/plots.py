@@ -66,7 +66,9 @@ def per_class_f1_figure(summary: dict[str, Any]) -> plt.Figure:
     series = [(label, f1, None)]
     if "across_members" in summary:
         stats = [summary["across_members"]["per_class"][n]["f1"] for n in names]
-        series.insert(0, (f"members (mean ± std, n={len(summary['seeds'])})",
+        group = "parts" if "parts" in summary else "members"
+        n = summary["across_members"]["accuracy"]["n"]
+        series.insert(0, (f"{group} (mean ± std, n={n})",
                           np.array([s["mean"] for s in stats]),
                           np.array([s["std"] for s in stats])))
     fig, ax = grouped_bars(names, series)
