@@ -288,3 +288,37 @@ def explanation_figure(images: np.ndarray, titles: Sequence[str], maps: np.ndarr
                  f"true class (a mistake, red) or the runner-up (correct, green)", fontsize=10)
     fig.tight_layout()
     return fig
+
+
+def embedding_figure(points: np.ndarray, labels: np.ndarray, class_names: Sequence[str],
+                     title: str) -> plt.Figure:
+    """Points `[N, 2]` coloured by class, with a legend of the classes."""
+    fig, ax = plt.subplots(figsize=(8.5, 7))
+    colours = plt.get_cmap("tab10")
+    for c, name in enumerate(class_names):
+        mine = labels == c
+        ax.scatter(points[mine, 0], points[mine, 1], s=3, alpha=0.5, color=colours(c),
+                   label=name, rasterized=True)
+    ax.legend(markerscale=4, fontsize=8, loc="center left", bbox_to_anchor=(1.0, 0.5),
+              frameon=False)
+    ax.set_xlabel("principal component 1")
+    ax.set_ylabel("principal component 2")
+    ax.set_title(title)
+    return fig
+
+
+def neighbours_figure(queries: np.ndarray, names: Sequence[str], neighbours: np.ndarray,
+                      titles: Sequence[Sequence[str]]) -> plt.Figure:
+    """One row per query: the query, then its neighbours (`[Q, k, 28, 28, 1]`) with `titles`."""
+    rows, k = neighbours.shape[:2]
+    fig, axes = plt.subplots(rows, k + 1, figsize=(1.35 * (k + 1), 1.6 * rows), squeeze=False)
+    for r in range(rows):
+        _show_image(axes[r, 0], queries[r])
+        axes[r, 0].set_title(f"query: {names[r][:18]}", fontsize=7.5, fontweight="bold")
+        for j in range(k):
+            _show_image(axes[r, j + 1], neighbours[r, j])
+            axes[r, j + 1].set_title(titles[r][j], fontsize=7)
+    fig.suptitle("Nearest training images (cosine distance in the penultimate layer)",
+                 fontsize=10)
+    fig.tight_layout()
+    return fig

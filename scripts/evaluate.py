@@ -46,7 +46,7 @@ def main(argv) -> None:
     args = parser.parse_args(argv)
     start = time.perf_counter()
     # pylint: disable-next=import-outside-toplevel
-    from fmnist_jax import ensemble, evaluation, explain, report
+    from fmnist_jax import ensemble, evaluation, explain, report, similar
     if len(args.workdir) > 1:
         if not args.output_dir:
             raise UserError("several --workdir make an ensemble: give --output-dir=DIR for it")
@@ -61,9 +61,12 @@ def main(argv) -> None:
         result = evaluation.evaluate(restored, args.split)
         summary = evaluation.summarize(result)
         out = Path(args.output_dir or evaluation.default_output_dir(args.workdir[0], args.split))
-        figures = []
+        figures = [similar.embedding_map(
+            restored, result.images, result.labels,
+            f"Penultimate-layer embedding, {restored.meta['model']}, {args.split} split (PCA)", out)]
         if not args.no_explain:
-            summary["explanations"], figures = explain.explain_evaluation(result, out)
+            summary["explanations"], explained = explain.explain_evaluation(result, out)
+            figures += explained
         written = evaluation.write_outputs(result, summary, out, figures)
     print(report.headline(summary))
     print(report.per_class_table(summary))
