@@ -309,8 +309,8 @@ def _described(summary: dict[str, Any], *path: str) -> dict[str, Any]:
 
 def model_labels(summaries: Sequence[dict[str, Any]]) -> list[str]:
     """The model names (with the seed count), made unique with the workdir's name where needed."""
-    labels = [s["model"] + (f" ×{len(s['seeds'])}" if len(s["seeds"]) > 1 else "")
-              for s in summaries]
+    labels = [s["model"] + (f" ×{len(s['seeds'])}" if len(s["seeds"]) > 1 and "parts" not in s
+                            else "") for s in summaries]
     return [f"{label} ({Path(s['workdir']).name})" if labels.count(label) > 1 else label
             for label, s in zip(labels, summaries)]
 

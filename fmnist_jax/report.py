@@ -191,7 +191,8 @@ def comparison_report(comparison: dict[str, Any], figure: str) -> str:
     confused = ", ".join(f"{p['classes'][0]} ↔ {p['classes'][1]} ({p['count']})"
                          for p in comparison["most_confused"])
     notes = ("With several seeds, a number is the members' mean ± std and `ensemble` the accuracy "
-             "of their averaged probabilities. Training time counts the training steps only; "
+             "of their averaged probabilities (for an ensemble of workdirs, `a + b`: its parts' "
+             "mean ± std, and the ensemble's accuracy). Training time counts the training steps only; "
              "train images/s is the median epoch's (all members together).")
     return "\n".join([f"# Model comparison ({comparison['split']} split)\n", overview, notes + "\n",
                       "## Per-class F1\n", f1, f"Hardest classes: {hardest}.\n",
