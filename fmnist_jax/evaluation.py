@@ -249,20 +249,35 @@ def default_output_dir(workdir: str | Path, split: str) -> Path:
     return Path(workdir) / f"eval-{split}"
 
 
-def write_outputs(evaluation: Evaluation, summary: dict[str, Any], out: Path) -> list[Path]:
-    """metrics.json, predictions CSV(s), the figures and report.md in `out`; the paths written."""
+def write_outputs(evaluation: Evaluation, summary: dict[str, Any], out: Path,
+                  extra_figures: Sequence[Path] = ()) -> list[Path]:
+    """metrics.json, predictions CSV(s), the figures and report.md in `out`; the paths written.
+    `extra_figures`, already in `out` (the explanations), are listed in the report too."""
+    restored = evaluation.restored
+    members = {}
+    if len(evaluation.member_probabilities) > 1:
+        members = {f"seed{seed}": probs
+                   for seed, probs in zip(restored.seeds, evaluation.member_probabilities)}
+    return write_files(out, summary, evaluation.images, evaluation.labels,
+                       evaluation.probabilities, members, run.read_history(restored.workdir),
+                       extra_figures)
+
+
+def write_files(out: Path, summary: dict[str, Any], images: np.ndarray, labels: np.ndarray,
+                probabilities: np.ndarray, parts: dict[str, np.ndarray],
+                history: Sequence[dict], extra_figures: Sequence[Path] = ()) -> list[Path]:
+    """What `write_outputs` writes, for any predictor: `parts` are the probabilities of what it
+    averages (members or workdirs), each written to `predictions-<name>.csv`."""
     out.mkdir(parents=True, exist_ok=True)
-    names = evaluation.restored.class_names
+    names = summary["class_names"]
     written = [out / "metrics.json", out / "predictions.csv"]
     written[0].write_text(json.dumps(summary, indent=2) + "\n")
-    write_predictions(written[1], evaluation.probabilities, evaluation.labels, names)
-    if len(evaluation.member_probabilities) > 1:
-        for seed, probs in zip(evaluation.restored.seeds, evaluation.member_probabilities):
-            written.append(out / f"predictions-seed{seed}.csv")
-            write_predictions(written[-1], probs, evaluation.labels, names)
-    figures = plots.evaluation_figures(evaluation.images, evaluation.labels,
-                                       evaluation.probabilities, summary,
-                                       run.read_history(evaluation.restored.workdir), out)
+    write_predictions(written[1], probabilities, labels, names)
+    for name, probs in parts.items():
+        written.append(out / f"predictions-{name}.csv")
+        write_predictions(written[-1], probs, labels, names)
+    figures = plots.evaluation_figures(images, labels, probabilities, summary, history, out)
+    figures += list(extra_figures)
     written += figures
     written.append(out / "report.md")
     written[-1].write_text(report.evaluation_report(summary, [f.name for f in figures]))
@@ -296,8 +311,8 @@ def _described(summary: dict[str, Any], *path: str) -> dict[str, Any]:
 
 def model_labels(summaries: Sequence[dict[str, Any]]) -> list[str]:
     """The model names (with the seed count), made unique with the workdir's name where needed."""
-    labels = [s["model"] + (f" ×{len(s['seeds'])}" if len(s["seeds"]) > 1 else "")
-              for s in summaries]
+    labels = [s["model"] + (f" ×{len(s['seeds'])}" if len(s["seeds"]) > 1 and "parts" not in s
+                            else "") for s in summaries]
     return [f"{label} ({Path(s['workdir']).name})" if labels.count(label) > 1 else label
             for label, s in zip(labels, summaries)]
 

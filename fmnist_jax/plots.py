@@ -66,7 +66,9 @@ def per_class_f1_figure(summary: dict[str, Any]) -> plt.Figure:
     series = [(label, f1, None)]
     if "across_members" in summary:
         stats = [summary["across_members"]["per_class"][n]["f1"] for n in names]
-        series.insert(0, (f"members (mean ± std, n={len(summary['seeds'])})",
+        group = "parts" if "parts" in summary else "members"
+        n = summary["across_members"]["accuracy"]["n"]
+        series.insert(0, (f"{group} (mean ± std, n={n})",
                           np.array([s["mean"] for s in stats]),
                           np.array([s["std"] for s in stats])))
     fig, ax = grouped_bars(names, series)
@@ -243,4 +245,80 @@ def comparison_figure(labels: Sequence[str], class_names: Sequence[str], f1: np.
     fig, ax = grouped_bars(class_names, series)
     ax.set_ylabel("F1")
     ax.set_title("Per-class F1 by model" + (" (error bars: std across seeds)" if std.any() else ""))
+    return fig
+
+
+def _heatmap(ax: plt.Axes, image: np.ndarray, heat: np.ndarray, scale: float, signed: bool) -> None:
+    """A signed map alone (red positive, blue negative), or the image in grey under the map."""
+    _show_image(ax, image)
+    if signed:
+        ax.imshow(heat, cmap="bwr", vmin=-scale, vmax=scale)
+    else:
+        ax.imshow(heat, cmap="inferno", vmin=0, vmax=scale, alpha=0.65)
+
+
+def explanation_figure(images: np.ndarray, titles: Sequence[str], maps: np.ndarray,
+                       targets: np.ndarray, probabilities: np.ndarray,
+                       class_names: Sequence[str], second_label: Sequence[str], method: str,
+                       signed: bool, mistakes: Sequence[bool] = ()) -> plt.Figure:
+    """Per example, three panels: the image, the map of the predicted class and of a second one
+    (`maps` `[N, 2, 28, 28]`, `targets` `[N, 2]`); both maps share one colour scale."""
+    per_row = 3
+    rows = (len(images) + per_row - 1) // per_row
+    fig, axes = plt.subplots(rows, 3 * per_row, figsize=(1.45 * 3 * per_row, 1.75 * rows),
+                             squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for k, image in enumerate(images):
+        cell = axes[k // per_row, 3 * (k % per_row):3 * (k % per_row) + 3]
+        color = WRONG if k < len(mistakes) and mistakes[k] else RIGHT
+        cell[0].axis("on")
+        _show_image(cell[0], image)
+        cell[0].set_title(titles[k], fontsize=7.5, color=color)
+        scale = float(np.abs(maps[k]).max()) or 1.0
+        for j, ax in enumerate(cell[1:]):
+            ax.axis("on")
+            _heatmap(ax, image, maps[k, j], scale, signed)
+            c = targets[k, j]
+            what = "pred" if j == 0 else second_label[k]
+            ax.set_title(f"{what}: {class_names[c]}\n{probabilities[k, c]:.1%}", fontsize=7.5,
+                         color=color if j == 0 else "black")
+    colours = "red: evidence for the class, blue: against" if signed else "bright: important"
+    fig.suptitle(f"{method} ({colours}): the image, the map of the predicted class, then of the "
+                 f"true class (a mistake, red) or the runner-up (correct, green)", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def embedding_figure(points: np.ndarray, labels: np.ndarray, class_names: Sequence[str],
+                     title: str) -> plt.Figure:
+    """Points `[N, 2]` coloured by class, with a legend of the classes."""
+    fig, ax = plt.subplots(figsize=(8.5, 7))
+    colours = plt.get_cmap("tab10")
+    for c, name in enumerate(class_names):
+        mine = labels == c
+        ax.scatter(points[mine, 0], points[mine, 1], s=3, alpha=0.5, color=colours(c),
+                   label=name, rasterized=True)
+    ax.legend(markerscale=4, fontsize=8, loc="center left", bbox_to_anchor=(1.0, 0.5),
+              frameon=False)
+    ax.set_xlabel("principal component 1")
+    ax.set_ylabel("principal component 2")
+    ax.set_title(title)
+    return fig
+
+
+def neighbours_figure(queries: np.ndarray, names: Sequence[str], neighbours: np.ndarray,
+                      titles: Sequence[Sequence[str]]) -> plt.Figure:
+    """One row per query: the query, then its neighbours (`[Q, k, 28, 28, 1]`) with `titles`."""
+    rows, k = neighbours.shape[:2]
+    fig, axes = plt.subplots(rows, k + 1, figsize=(1.35 * (k + 1), 1.6 * rows), squeeze=False)
+    for r in range(rows):
+        _show_image(axes[r, 0], queries[r])
+        axes[r, 0].set_title(f"query: {names[r][:18]}", fontsize=7.5, fontweight="bold")
+        for j in range(k):
+            _show_image(axes[r, j + 1], neighbours[r, j])
+            axes[r, j + 1].set_title(titles[r][j], fontsize=7)
+    fig.suptitle("Nearest training images (cosine distance in the penultimate layer)",
+                 fontsize=10)
+    fig.tight_layout()
     return fig

@@ -69,13 +69,15 @@ def per_class_table(summary: dict[str, Any]) -> str:
 
 def headline(summary: dict[str, Any]) -> str:
     """One line: model, split, accuracy, loss, macro F1 (and the members' spread)."""
-    who = f"{summary['model']} ({len(summary['seeds'])}-member ensemble)" \
+    group = "parts" if "parts" in summary else "members"
+    size = len(summary["parts"]) if "parts" in summary else len(summary["seeds"])
+    who = f"{summary['model']} ({size}-{group[:-1]} ensemble)" \
         if summary["predictor"] == "ensemble" else summary["model"]
     line = (f"{who} on the {summary['split']} split ({summary['num_examples']:,} images): "
             f"accuracy {percent(summary['accuracy'])}, loss {number(summary['loss'])}, "
             f"macro F1 {number(summary['macro']['f1'])}")
     if "across_members" in summary:
-        line += f"; members: accuracy {stat(summary['across_members']['accuracy'])}"
+        line += f"; {group}: accuracy {stat(summary['across_members']['accuracy'])}"
     return line
 
 
@@ -92,7 +94,8 @@ def _results_table(summary: dict[str, Any]) -> str:
             record = record[key]
         return record
 
-    headers = ["metric", "ensemble", "members (mean ± std)"] if members else ["metric", "value"]
+    group = "parts" if "parts" in summary else "members"
+    headers = ["metric", "ensemble", f"{group} (mean ± std)"] if members else ["metric", "value"]
     return table(headers, [[label, fmt(pick(summary, path))]
                            + ([stat(pick(members, path), fmt)] if members else [])
                            for label, fmt, path in rows])
@@ -108,6 +111,30 @@ def _members_table(summary: dict[str, Any]) -> str:
     rows = [[m["seed"], m["epoch"], percent(m["accuracy"]), number(m["loss"]),
              number(m["macro"]["f1"])] for m in summary["members"]]
     return table(["seed", "epoch", "accuracy", "loss", "macro F1"], rows)
+
+
+def _parts_table(summary: dict[str, Any]) -> str:
+    rows = [[p["name"], f"{p['weight']:.3f}", percent(p["accuracy"]), number(p["loss"]),
+             number(p["macro"]["f1"]), f"`{p['workdir']}`"] for p in summary["parts"]]
+    return table(["part", "weight", "accuracy", "loss", "macro F1", "workdir"], rows)
+
+
+def explanations_section(explanations: dict[str, Any]) -> str:
+    """The sanity checks of the heat maps: deletion areas and the random-weights correlation."""
+    methods = [m for m in ("grad_cam", "integrated_gradients") if m in explanations]
+    random_auc = explanations["random_order"]["auc"]
+    rows = [[{"grad_cam": "Grad-CAM", "integrated_gradients": "integrated gradients"}[m],
+             number(explanations[m]["deletion_auc"]), number(random_auc),
+             number(explanations[m]["random_weights_rank_correlation"])] for m in methods]
+    text = (f"Heat maps of member {explanations['member']} (seed {explanations['seed']}); numbers "
+            f"on {explanations['images']} random images of the split. Deletion: the probability "
+            "of the predicted class as pixels are blacked out, most attributed first or in a "
+            "random order; the area under that curve is lower when the map found the pixels "
+            "that matter. Random weights: Spearman correlation between the maps of the trained "
+            "weights and of freshly initialised ones (on half the images); near 0 means the maps "
+            "depend on what the model learned (Adebayo et al. 2018).\n")
+    return text + "\n" + table(["method", "deletion AUC", "random order AUC",
+                                "correlation with random weights"], rows)
 
 
 def evaluation_report(summary: dict[str, Any], figures: Sequence[str]) -> str:
@@ -134,6 +161,14 @@ def evaluation_report(summary: dict[str, Any], figures: Sequence[str]) -> str:
         parts += ["## Members\n",
                   "The ensemble averages the members' class probabilities.\n",
                   _members_table(summary)]
+    if "parts" in summary:
+        weights = ("fitted on the validation split (non-negative, summing to 1, minimising its "
+                   "log loss)" if summary["weights_from"] == "val" else "equal")
+        parts += ["## Parts\n",
+                  f"The ensemble averages the parts' class probabilities; weights {weights}.\n",
+                  _parts_table(summary)]
+    if "explanations" in summary:
+        parts += ["## Explanations\n", explanations_section(summary["explanations"])]
     parts += ["## Figures\n"] + [f"![{name}]({name})\n" for name in figures]
     return "\n".join(parts)
 
@@ -156,7 +191,8 @@ def comparison_report(comparison: dict[str, Any], figure: str) -> str:
     confused = ", ".join(f"{p['classes'][0]} ↔ {p['classes'][1]} ({p['count']})"
                          for p in comparison["most_confused"])
     notes = ("With several seeds, a number is the members' mean ± std and `ensemble` the accuracy "
-             "of their averaged probabilities. Training time counts the training steps only; "
+             "of their averaged probabilities (for an ensemble of workdirs, `a + b`: its parts' "
+             "mean ± std, and the ensemble's accuracy). Training time counts the training steps only; "
              "train images/s is the median epoch's (all members together).")
     return "\n".join([f"# Model comparison ({comparison['split']} split)\n", overview, notes + "\n",
                       "## Per-class F1\n", f1, f"Hardest classes: {hardest}.\n",

@@ -2,6 +2,7 @@
 
   python scripts/predict.py --workdir=DIR shirt.png boot.jpg
   python scripts/predict.py --workdir=DIR --json photos/*.jpg
+  python scripts/predict.py --workdir=DIR --explain=heatmaps shirt.png   # why: heat maps
 
 Each picture is made into a 28x28 grayscale image the way Fashion-MNIST was made (trimmed, resized,
 centred; a dark garment on a light background is negated). A file that cannot be read gets an error
@@ -36,11 +37,18 @@ def main(argv) -> None:
                              "(the moving average of the weights when the run kept one)")
     parser.add_argument("--top", type=int, default=3, help="classes to show per file (default 3)")
     parser.add_argument("--json", action="store_true", help="print one JSON list of the results")
+    parser.add_argument("--explain", metavar="DIR",
+                        help="also write heat maps (Grad-CAM for convolutional models, integrated "
+                             "gradients for all) of the predicted and runner-up classes to DIR")
     parser.add_argument("--debug", action="store_true", help="show tracebacks of input errors")
     args = parser.parse_args(argv)
-    from fmnist_jax import evaluation, images  # pylint: disable=import-outside-toplevel
+    # pylint: disable-next=import-outside-toplevel
+    from fmnist_jax import evaluation, explain, images
     restored = evaluation.load_workdir(args.workdir, args.checkpoint)
     results = images.classify(restored, args.images, args.top)
+    if args.explain:
+        for figure in explain.explain_files(restored, args.images, Path(args.explain)):
+            print(f"wrote {figure}", file=sys.stderr)
     if args.json:
         print(json.dumps(results, indent=2))
     else:

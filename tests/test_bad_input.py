@@ -365,7 +365,8 @@ WORKDIR_CASES = [
 ]
 
 
-@pytest.mark.parametrize("script, extra", [("evaluate", ()), ("predict", ("some.png",))])
+@pytest.mark.parametrize("script, extra", [("evaluate", ()), ("predict", ("some.png",)),
+                                           ("similar", ("--precision-at-k",))])
 @pytest.mark.parametrize("make_args, expected", WORKDIR_CASES)
 def test_bad_workdir_fails_with_one_clear_line(script, extra, make_args, expected, places):
     assert_one_clear_line(runs.run(script, *make_args(places), *extra), expected)

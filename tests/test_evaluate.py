@@ -131,6 +131,11 @@ def test_evaluate_writes_every_file_consistent_with_predictions(evaluated):
     for name in summary["class_names"]:  # the printed classification report
         assert f"| {name}" in stdout
     assert f"accuracy {summary['accuracy']:.2%}" in stdout
+    for name in ("embedding_map.png", "explain_integrated_gradients.png"):  # mlp: no Grad-CAM
+        assert f"]({name})" in report
+    explained = summary["explanations"]
+    assert "## Explanations" in report and "grad_cam" not in explained
+    assert 0 <= explained["integrated_gradients"]["deletion_auc"] <= 1
 
 
 @pytest.mark.e2e
