@@ -34,6 +34,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.early_stopping_patience = 0  # epochs without a better validation accuracy; 0 = off
     c.ema_decay = 0.0  # > 0: keep an exponential moving average of the weights, and evaluate it
     c.compute_dtype = "float32"  # or bfloat16: activations and matmuls; parameters stay float32
+    c.tta = False  # predict (validate, test, evaluate) on each image and its mirror, averaged
 
     c.augment = ml_collections.ConfigDict()  # on-device, inside the compiled step; all off here
     c.augment.translate = 0  # random translation by up to N pixels (pad and crop)

@@ -71,6 +71,8 @@ def headline(summary: dict[str, Any]) -> str:
     """One line: model, split, accuracy, loss, macro F1 (and the members' spread)."""
     who = f"{summary['model']} ({len(summary['seeds'])}-member ensemble)" \
         if summary["predictor"] == "ensemble" else summary["model"]
+    if summary.get("tta"):
+        who += " with flip TTA"
     line = (f"{who} on the {summary['split']} split ({summary['num_examples']:,} images): "
             f"accuracy {percent(summary['accuracy'])}, loss {number(summary['loss'])}, "
             f"macro F1 {number(summary['macro']['f1'])}")

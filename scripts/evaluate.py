@@ -2,6 +2,7 @@
 
   python scripts/evaluate.py --workdir=checkpoints/cnn-20250101-120000
   python scripts/evaluate.py --workdir=DIR --split=val --checkpoint=latest --output-dir=OUT
+  python scripts/evaluate.py --workdir=checkpoints/pretrained/cnn --tta   # image and mirror
 
 Everything is rebuilt from what the workdir stored. With several seeds, the predictor is their
 ensemble (the average of the members' class probabilities), and each member is reported as well.
@@ -28,11 +29,12 @@ def main(argv) -> None:
                              "(the moving average of the weights when the run kept one)")
     parser.add_argument("--output-dir", help="where to write (default WORKDIR/eval-SPLIT)")
     cli.add_data_flag(parser)
+    cli.add_tta_flag(parser, "as the run or release recorded, config.tta")
     parser.add_argument("--debug", action="store_true", help="show tracebacks of input errors")
     args = parser.parse_args(argv)
     start = time.perf_counter()
     from fmnist_jax import evaluation, report  # pylint: disable=import-outside-toplevel
-    restored = evaluation.load_workdir(args.workdir, args.checkpoint, args.data_dir)
+    restored = evaluation.load_workdir(args.workdir, args.checkpoint, args.data_dir, args.tta)
     result = evaluation.evaluate(restored, args.split)
     summary = evaluation.summarize(result)
     out = Path(args.output_dir or evaluation.default_output_dir(args.workdir, args.split))

@@ -3,6 +3,7 @@ predict.py read as they read the run itself (see fmnist_jax/release.py).
 
   python scripts/export.py --workdir=checkpoints/cnn-20250101-120000 --out=checkpoints/pretrained/cnn
   python scripts/export.py --workdir=RUN --out=DIR --seed=2   # one member of a multi-seed run
+  python scripts/export.py --workdir=RUN --out=DIR --tta      # predicts on image and mirror
 """
 
 from __future__ import annotations
@@ -20,12 +21,14 @@ def main(argv) -> None:
     parser.add_argument("--workdir", required=True, help="a finished run of scripts/train.py")
     parser.add_argument("--out", required=True, help="the release folder (replaced if present)")
     parser.add_argument("--seed", type=int, help="release this member only (default: all)")
+    cli.add_tta_flag(parser, "as the run did; the release records it and its test accuracy")
     parser.add_argument("--debug", action="store_true", help="show tracebacks of input errors")
     args = parser.parse_args(argv)
     from fmnist_jax import release  # pylint: disable=import-outside-toplevel
-    record = release.export(args.workdir, args.out, args.seed, cli.command_line())
+    record = release.export(args.workdir, args.out, args.seed, cli.command_line(), args.tta)
     accuracy = ", ".join(f"{a:.2%}" for a in record["test_accuracy"])
-    print(f"released {record['model']} (seeds {record['seeds']}, test accuracy {accuracy}) to "
+    tta = " with flip TTA" if record["tta"] else ""
+    print(f"released {record['model']} (seeds {record['seeds']}, test accuracy {accuracy}{tta}) to "
           f"{args.out}: {release.size_bytes(args.out) / 2**20:.1f} MiB")
 
 

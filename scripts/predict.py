@@ -34,12 +34,13 @@ def main(argv) -> None:
     parser.add_argument("--checkpoint", choices=("best", "latest"), default="best",
                         help="each member's best-by-validation weights, or the latest ones "
                              "(the moving average of the weights when the run kept one)")
+    cli.add_tta_flag(parser, "as the run or release recorded, config.tta")
     parser.add_argument("--top", type=int, default=3, help="classes to show per file (default 3)")
     parser.add_argument("--json", action="store_true", help="print one JSON list of the results")
     parser.add_argument("--debug", action="store_true", help="show tracebacks of input errors")
     args = parser.parse_args(argv)
     from fmnist_jax import evaluation, images  # pylint: disable=import-outside-toplevel
-    restored = evaluation.load_workdir(args.workdir, args.checkpoint)
+    restored = evaluation.load_workdir(args.workdir, args.checkpoint, tta=args.tta)
     results = images.classify(restored, args.images, args.top)
     if args.json:
         print(json.dumps(results, indent=2))
