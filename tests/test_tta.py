@@ -9,18 +9,22 @@ import chex
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 
 import subprocess_runs
 from conftest import synthetic_split
-from fmnist_jax import evaluation
+from fmnist_jax import config as config_lib
+from fmnist_jax import evaluation, run
 from fmnist_jax import train as train_lib
+from fmnist_jax.errors import CheckpointError
 from fmnist_jax.models import create_model
 from subprocess_runs import SMALL_RUN
 
 IMAGES = jnp.asarray(synthetic_split(7).images)  # 7: not a whole number of evaluation batches
 MEAN, STD = 0.286, 0.353
+RELEASES = config_lib.CONFIG_DIR.parent / "checkpoints" / "pretrained"
 
 
 def softmax_of(forward, images):
@@ -109,3 +113,17 @@ def test_a_release_records_tta_and_evaluation_follows_it(tmp_path):
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert metrics["tta"] is False
     assert metrics["accuracy"] == pytest.approx(summary["test_accuracy"][0], abs=1e-9)
+
+
+@pytest.mark.parametrize("path", sorted(RELEASES.glob("*/config.json")), ids=lambda p: p.parent.name)
+def test_a_run_stored_before_tta_rotation_and_zoom_resumes_with_them_off(path):
+    stored = json.loads(path.read_text())["config"]
+    assert not {"tta"} & stored.keys() and not {"rotate", "zoom"} & stored["augment"].keys()
+    config = ml_collections.ConfigDict(config_lib.with_defaults(stored))
+    assert not config.tta and config.augment.rotate == 0 and config.augment.zoom == 0
+    run.check_resumable(stored, config, path.parent)
+    for field, value in (("tta", True), ("augment.rotate", 10.0), ("augment.zoom", 0.1)):
+        changed = ml_collections.ConfigDict(config_lib.with_defaults(stored))
+        config_lib.apply_override(changed, field, str(value))
+        with pytest.raises(CheckpointError, match=field):
+            run.check_resumable(stored, changed, path.parent)
