@@ -14,8 +14,8 @@
 #     bash benchmarks/resnet_search.sh
 # A CPU smoke test with tiny sizes (proves the script end to end; the numbers mean nothing):
 #   PYTHON=.venv/bin/python DATA=/usr/share/datasets/fashion-mnist OUT=/tmp/search TIMEOUT_FACTOR=20 \
-#     EXTRA="--config.epochs=1 --config.data.train_limit=2048 --config.model.stage_features=(8,16,32)" \
-#     bash benchmarks/resnet_search.sh
+#     EXTRA="--config.epochs=1 --config.data.train_limit=2048 --config.model.stage_features=(8,16,32)
+#     --config.model.blocks_per_stage=1" bash benchmarks/resnet_search.sh
 set -uo pipefail
 
 PYTHON=${PYTHON:-python3}
