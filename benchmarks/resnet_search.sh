@@ -23,15 +23,22 @@ DATA=${DATA:?the folder of the four IDX files}
 OUT=${OUT:?the folder to write results into}
 EXTRA=${EXTRA:-}  # appended to every train.py command (overrides come last and win)
 TIMEOUT_FACTOR=${TIMEOUT_FACTOR:-1}
+BUDGET=$(( ${BUDGET:-540} * TIMEOUT_FACTOR ))  # seconds for the whole script: a run that would
+# overrun it is shortened, or skipped (a JSON line says so) when under 30 s would be left
 RUNS=${RUNS:-/tmp/resnet-search}  # workdirs, outside $OUT: only results.jsonl, releases.tar and
 # logs.tar come back
-mkdir -p "$OUT" "$RUNS"
+mkdir -p "$OUT/logs" "$RUNS"
 
 # name, config, extra train flags, timeout (seconds on the H200) of the training
 search() {
   local name=$1 config=$2 flags=$3 limit=$(( $4 * TIMEOUT_FACTOR ))
   local workdir=$RUNS/$name log=$OUT/logs/$name.log
-  mkdir -p "$OUT/logs"
+  local left=$(( BUDGET - SECONDS - 60 * TIMEOUT_FACTOR ))  # keep a minute for evaluation
+  if (( left < 30 )); then
+    echo "{\"name\": \"$name\", \"skipped\": \"budget of ${BUDGET}s spent\"}" | tee -a "$OUT/results.jsonl"
+    return
+  fi
+  (( limit > left )) && limit=$left
   echo "== $name: $config $flags (timeout ${limit}s)"
   # shellcheck disable=SC2086  # flags and EXTRA are lists of words
   timeout "$limit" "$PYTHON" scripts/train.py --config="$config" --data-dir="$DATA" \
@@ -85,7 +92,7 @@ print(("tta" if last["tta"]["accuracy"] > last["no-tta"]["accuracy"] else "no-tt
 search resnet_reg configs/search/resnet_reg.py "" 100
 search resnet_fast configs/search/resnet_fast.py "" 60
 search resnet_wide configs/search/resnet_wide.py "" 120
-search resnet_reg_x3 configs/search/resnet_reg.py "--seeds=3" 170
+search resnet_reg_x3 configs/search/resnet_reg.py "--seeds=3 --epochs=40" 150
 
 tar -C "$RUNS" -cf "$OUT/releases.tar" releases 2>/dev/null
 tar -C "$OUT" -cf "$OUT/logs.tar" logs && rm -r "$OUT/logs"
