@@ -148,6 +148,14 @@ def add_data_flag(parser: argparse.ArgumentParser,
                         help=f"{SHORTHANDS['data_dir'][2]} (default: {default})")
 
 
+def add_tta_flag(parser: argparse.ArgumentParser, default_text: str) -> None:
+    """--tta/--no-tta: flip test-time augmentation (each image and its mirror, probabilities
+    averaged); None when not given, so the recorded default applies."""
+    parser.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
+                        help=f"average the class probabilities of each image and its mirror "
+                             f"(default: {default_text})")
+
+
 def main_guard(main: Callable[[Sequence[str]], None], argv: Sequence[str] | None = None) -> None:
     """Runs `main`, turning the errors a user can fix into one line on stderr and an exit code."""
     argv = sys.argv[1:] if argv is None else argv

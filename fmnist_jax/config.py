@@ -34,11 +34,14 @@ def base_config() -> ml_collections.ConfigDict:
     c.early_stopping_patience = 0  # epochs without a better validation accuracy; 0 = off
     c.ema_decay = 0.0  # > 0: keep an exponential moving average of the weights, and evaluate it
     c.compute_dtype = "float32"  # or bfloat16: activations and matmuls; parameters stay float32
+    c.tta = False  # predict (validate, test, evaluate) on each image and its mirror, averaged
 
     c.augment = ml_collections.ConfigDict()  # on-device, inside the compiled step; all off here
     c.augment.translate = 0  # random translation by up to N pixels (pad and crop)
     c.augment.flip = False  # random horizontal flip
     c.augment.erase = 0  # random erasing (cutout) of an N x N square
+    c.augment.rotate = 0.0  # random rotation by up to N degrees either way
+    c.augment.zoom = 0.0  # random zoom by a scale in [1 - N, 1 + N]
 
     c.data = ml_collections.ConfigDict()
     c.data.dir = ""  # empty: search the default sources
@@ -179,6 +182,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
     _require(0 <= config.label_smoothing < 1, "config.label_smoothing must lie in [0, 1)")
     _require(0 <= config.augment.translate < 14 and 0 <= config.augment.erase <= 28,
              "config.augment.translate must lie in [0, 14) and config.augment.erase in [0, 28]")
+    _require(0 <= config.augment.rotate <= 180 and 0 <= config.augment.zoom < 1,
+             "config.augment.rotate (degrees) must lie in [0, 180] and config.augment.zoom in "
+             "[0, 1)")
     _require(0 <= config.ema_decay < 1, "config.ema_decay must lie in [0, 1) (0 = off)")
     _require(config.compute_dtype in COMPUTE_DTYPES,
              f"unknown compute_dtype {config.compute_dtype!r}; valid: {', '.join(COMPUTE_DTYPES)}")

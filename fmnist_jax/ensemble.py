@@ -104,12 +104,14 @@ def summarize(parts: Sequence[evaluation.Evaluation], weights: np.ndarray,
 
 def evaluate_ensemble(workdirs: Sequence[str | Path], split: str, checkpoint: str,
                       weights_from: str = "equal", data_dir: str | Path | None = None,
+                      tta: bool | None = None,
                       ) -> tuple[list[evaluation.Evaluation], dict[str, Any], np.ndarray]:
-    """The parts' evaluations, the ensemble's summary and probabilities on `split`."""
+    """The parts' evaluations, the ensemble's summary and probabilities on `split` (each part with
+    flip TTA as it recorded, unless `tta` says otherwise)."""
     if weights_from not in WEIGHTS:
         raise UserError(f"--ensemble-weights must be one of {', '.join(WEIGHTS)}, "
                         f"got {weights_from!r}")
-    restoreds = [evaluation.load_workdir(w, checkpoint, data_dir) for w in workdirs]
+    restoreds = [evaluation.load_workdir(w, checkpoint, data_dir, tta) for w in workdirs]
     parts = evaluate_parts(restoreds, split)
     weights = np.full(len(parts), 1.0 / len(parts))
     if weights_from == "val":

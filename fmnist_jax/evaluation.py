@@ -56,11 +56,16 @@ class Restored:
     def seeds(self) -> list[int]:
         return list(self.meta["seeds"])
 
+    @property
+    def tta(self) -> bool:
+        """Whether predictions average each image and its mirror (`train.flip_tta`)."""
+        return bool(self.config.tta)
+
     def predictor(self):
         """The jitted `predict(params, batch_stats, images) -> logits [S, N, C]`."""
         stats = self.meta["data"]
         return train_lib.make_predict(self.model, stats["mean"], stats["std"],
-                                      self.config.eval_batch_size)
+                                      self.config.eval_batch_size, tta=self.tta)
 
     def probabilities(self, images: np.ndarray) -> np.ndarray:
         """Each member's class probabilities `[S, N, C]` (float64) for uint8 `[N, 28, 28, 1]`."""
@@ -121,10 +126,11 @@ def _quiet_absl():
 
 
 def load_workdir(workdir: str | Path, checkpoint: str = "best",
-                 data_dir: str | Path | None = None) -> Restored:
+                 data_dir: str | Path | None = None, tta: bool | None = None) -> Restored:
     """The model and weights of `workdir`'s latest checkpoint: each member's best or latest ones
     (the latest moving average when the run kept one). `data_dir` replaces the data location the
-    run stored, for a machine whose data lives elsewhere."""
+    run stored, for a machine whose data lives elsewhere; `tta` turns flip test-time augmentation
+    on or off (default: as the run or release recorded, `config.tta`)."""
     workdir = Path(workdir)
     if checkpoint not in CHECKPOINTS:
         raise UserError(f"--checkpoint must be one of {', '.join(CHECKPOINTS)}, got {checkpoint!r}")
@@ -136,6 +142,8 @@ def load_workdir(workdir: str | Path, checkpoint: str = "best",
     config = config_from_meta(meta)
     if data_dir is not None:
         config.data.dir = str(data_dir)
+    if tta is not None:
+        config.tta = tta
     params, batch_stats, epochs = _weights(state, meta, checkpoint, workdir)
     model = create_model(config.model, config.compute_dtype)
     return Restored(workdir, model, config, meta, step, checkpoint, params, batch_stats, epochs)
@@ -215,6 +223,7 @@ def summarize(evaluation: Evaluation) -> dict[str, Any]:
         "epochs": restored.epochs, "seeds": restored.seeds,
         "param_count": restored.meta["param_count"], "class_names": names,
         "predictor": "ensemble" if num_members > 1 else "model",
+        "tta": restored.tta,
         **metrics.classification_summary(evaluation.probabilities, evaluation.labels, names),
         "evaluation": {"compile_seconds": evaluation.compile_seconds,
                        "seconds": evaluation.seconds,

@@ -38,26 +38,24 @@ PLATFORMS = ("cpu", "cuda")
 INPUT_SHAPE = "n, 28, 28, 1"
 
 
-def uses_tta(restored: Restored) -> bool:
-    """Whether `restored` predicts with flip test-time augmentation (`config.tta`, as recorded)."""
-    return bool(restored.config.get("tta", False))
-
-
 def probabilities_function(restored: Restored):
     """`f(images uint8 [N, 28, 28, 1]) -> [N, 10]` float32: the members' mean probabilities, with
-    `restored`'s weights as constants; with flip TTA, each member averages an image and its
-    mirror."""
+    `restored`'s weights as constants; with flip TTA (`train.flip_tta`), each member averages an
+    image and its mirror."""
     from fmnist_jax import train as train_lib  # pylint: disable=import-outside-toplevel
     stats = restored.meta["data"]
-    tta = uses_tta(restored)
 
     def member(weights, images):
         params, batch_stats = weights
-        x = train_lib.normalize(images, stats["mean"], stats["std"])
-        views = (x, x[:, :, ::-1]) if tta else (x,)
-        return jnp.mean(jnp.stack([jax.nn.softmax(restored.model.apply(
-            {"params": params, "batch_stats": batch_stats}, v, train=False).astype(jnp.float32))
-            for v in views]), axis=0)
+
+        def forward(x):
+            return restored.model.apply({"params": params, "batch_stats": batch_stats},
+                                        train_lib.normalize(x, stats["mean"], stats["std"]),
+                                        train=False)
+
+        if restored.tta:
+            forward = train_lib.flip_tta(forward)
+        return jax.nn.softmax(forward(images).astype(jnp.float32))
 
     def probabilities(images: jax.Array) -> jax.Array:
         weights = (restored.params, restored.batch_stats)
@@ -85,7 +83,7 @@ def metadata(restored: Restored) -> dict[str, Any]:
         accuracy = float(np.mean(accuracy))
     return {"model": restored.meta["model"], "class_names": restored.class_names,
             "seeds": restored.seeds, "predictor": "ensemble" if len(restored.seeds) > 1
-            else "model", "test_accuracy": accuracy, "tta": "flip" if uses_tta(restored) else None,
+            else "model", "test_accuracy": accuracy, "tta": "flip" if restored.tta else None,
             "commit": record.get("commit") or restored.meta["environment"].get("commit"),
             "step": restored.step, "input": {"shape": INPUT_SHAPE, "dtype": "uint8"},
             "output": "class probabilities [n, 10] float32", "platforms": list(PLATFORMS),

@@ -18,7 +18,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from fmnist_jax import evaluation, portable
+from fmnist_jax import evaluation, metrics, portable
 from fmnist_jax.checkpointing import Checkpoints
 from fmnist_jax.errors import UserError
 
@@ -42,8 +42,9 @@ def _record(meta: dict[str, Any], summary: dict[str, Any], command: str) -> dict
             "train_seconds": summary["train_seconds"], "seconds": summary["seconds"],
             "compile_seconds": summary["compile_seconds"],
             "epochs_completed": summary["epochs_completed"], "best_epoch": meta["best_epoch"],
+            "tta": meta["config"]["tta"],
             "test_accuracy": summary["test_accuracy"], "test_loss": summary["test_loss"],
-            **({"ensemble": summary["ensemble"]} if "ensemble" in summary else {})}
+            **{key: summary[key] for key in ("ensemble", "run_test_accuracy") if key in summary}}
 
 
 def _select(summary: dict[str, Any], index: int | None) -> dict[str, Any]:
@@ -52,7 +53,7 @@ def _select(summary: dict[str, Any], index: int | None) -> dict[str, Any]:
         return summary
     picked = dict(summary)
     for key in ("seeds", "best_epoch", "best_val_accuracy", "test_accuracy", "test_loss",
-                "latest_raw_weights_test_accuracy"):
+                "latest_raw_weights_test_accuracy", "run_test_accuracy"):
         if key in picked:
             picked[key] = [summary[key][index]]
     picked["test_accuracy_stats"] = {"n": 1, "mean": picked["test_accuracy"][0]}
@@ -60,28 +61,53 @@ def _select(summary: dict[str, Any], index: int | None) -> dict[str, Any]:
     return picked
 
 
+def _retested(summary: dict[str, Any], restored: evaluation.Restored) -> dict[str, Any]:
+    """`summary` with the test metrics of `restored`'s predictor (its own `tta` setting), the
+    run's test accuracy kept as `run_test_accuracy`."""
+    result = evaluation.evaluate(restored)
+    labels = result.labels
+    retested = dict(summary, run_test_accuracy=summary["test_accuracy"])
+    retested["test_accuracy"] = [float((p.argmax(-1) == labels).mean())
+                                 for p in result.member_probabilities]
+    retested["test_loss"] = [metrics.mean_log_loss(p, labels) for p in result.member_probabilities]
+    retested["test_accuracy_stats"] = metrics.describe(retested["test_accuracy"])
+    if "ensemble" in summary:
+        retested["ensemble"] = {
+            "test_accuracy": float((result.probabilities.argmax(-1) == labels).mean()),
+            "test_loss": metrics.mean_log_loss(result.probabilities, labels)}
+    return retested
+
+
 def export(workdir: str | Path, out: str | Path, seed: int | None = None,
-           command: str = "", overwrite: bool = False) -> dict[str, Any]:
+           command: str = "", overwrite: bool = False,
+           tta: bool | None = None) -> dict[str, Any]:
     """Writes the release of `workdir` (all members, or only `seed`'s) to `out`; its record.
 
-    An existing `out` is replaced only with `overwrite`, and only when it is a release. The new
-    release is assembled beside `out` and renamed into place, so `out` is never half-written.
+    An existing `out` is replaced only with `overwrite`, and only when it is a release. `tta` sets
+    whether the release predicts with flip test-time augmentation (default: as the run did); when
+    that differs from the run, the test split is evaluated again, so that the release records the
+    test accuracy its evaluation gives. The release is assembled beside `out` and renamed into
+    place, so `out` is never half-written.
     """
     workdir, out = Path(workdir), Path(out)
     _check_out(out, overwrite)
     if not (workdir / "summary.json").is_file():
         raise UserError(f"{workdir} has no summary.json: only a finished run can be released; "
                         f"finish it with scripts/train.py --workdir={workdir}")
-    restored = evaluation.load_workdir(workdir, "best")
+    restored = evaluation.load_workdir(workdir, "best", tta=tta)
     index = None
     if seed is not None:
         if seed not in restored.seeds:
             raise UserError(f"seed {seed} is not in {workdir}; its seeds: {restored.seeds}")
         index = restored.seeds.index(seed)
-    summary = _select(json.loads((workdir / "summary.json").read_text()), index)
+    summary = json.loads((workdir / "summary.json").read_text())
+    if restored.tta != evaluation.config_from_meta(restored.meta).tta:
+        summary = _retested(summary, restored)
+    summary = _select(summary, index)
     meta = dict(restored.meta, weights_only=True, seeds=summary["seeds"],
                 best_epoch=restored.epochs if index is None else [restored.epochs[index]])
-    meta["config"] = dict(meta["config"], seed=summary["seeds"][0], num_seeds=len(summary["seeds"]))
+    meta["config"] = dict(meta["config"], seed=summary["seeds"][0], num_seeds=len(summary["seeds"]),
+                          tta=restored.tta)
     record = _record(meta, summary, command)
     staging = out.with_name(out.name + ".partial")
     shutil.rmtree(staging, ignore_errors=True)

@@ -73,6 +73,8 @@ def headline(summary: dict[str, Any]) -> str:
     size = len(summary["parts"]) if "parts" in summary else len(summary["seeds"])
     who = f"{summary['model']} ({size}-{group[:-1]} ensemble)" \
         if summary["predictor"] == "ensemble" else summary["model"]
+    if summary.get("tta"):
+        who += " with flip TTA"
     line = (f"{who} on the {summary['split']} split ({summary['num_examples']:,} images): "
             f"accuracy {percent(summary['accuracy'])}, loss {number(summary['loss'])}, "
             f"macro F1 {number(summary['macro']['f1'])}")

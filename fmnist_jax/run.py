@@ -258,7 +258,7 @@ class Trainer:
                                          config.augment.to_dict(), config.ema_decay)
         self.span = train_lib.make_train_span(step, self.num_members, config.scan_unroll, layout)
         self.predict = train_lib.make_predict(parts.model, dataset.mean, dataset.std,
-                                              config.eval_batch_size)
+                                              config.eval_batch_size, tta=config.tta)
         self.end_of_epoch = train_lib.make_end_of_epoch(
             parts.plateau, config.schedule.name == "plateau",
             config.schedule.plateau_metric == "val_loss", config.early_stopping_patience)

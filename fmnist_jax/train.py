@@ -217,9 +217,25 @@ def members_one_at_a_time(model: nn.Module) -> bool:
     return jax.default_backend() == "cpu" and hasattr(model, "conv_impl")
 
 
+def flip_tta(forward: Callable[[jax.Array], jax.Array]) -> Callable[[jax.Array], jax.Array]:
+    """Test-time augmentation by horizontal flip: `forward` (images `[B, H, W, C]` -> logits)
+    made to return the log of the mean of its class probabilities on the images and on their
+    mirrors. Log-probabilities are logits that softmax maps back to exactly those probabilities,
+    so losses and accuracies of the result need nothing else. Both halves run as one batch."""
+
+    def averaged(images: jax.Array) -> jax.Array:
+        logits = forward(jnp.concatenate([images, images[:, :, ::-1]]))
+        log_probs = jax.nn.log_softmax(logits.astype(jnp.float32)).reshape(
+            2, images.shape[0], -1)
+        return jax.nn.logsumexp(log_probs, axis=0) - jnp.log(2.0)
+
+    return averaged
+
+
 def make_predict(model: nn.Module, mean: float, std: float, batch_size: int,
-                 one_member_at_a_time: bool | None = None):
-    """`predict(params, batch_stats, images) -> logits [S, N, 10]` for stacked members.
+                 one_member_at_a_time: bool | None = None, tta: bool = False):
+    """`predict(params, batch_stats, images) -> logits [S, N, 10]` for stacked members; with
+    `tta`, the log-probabilities of `flip_tta` (each image and its mirror).
 
     The images are padded to whole batches, run through one compiled `lax.map`, and the padding's
     logits dropped, so every image counts exactly once. The members run one after another
@@ -235,6 +251,8 @@ def make_predict(model: nn.Module, mean: float, std: float, batch_size: int,
             return model.apply({"params": params, "batch_stats": batch_stats},
                                normalize(x, mean, std), train=False)
 
+        if tta:
+            forward = flip_tta(forward)
         n = images.shape[0]
         padded = jnp.pad(images, ((0, -n % batch_size), (0, 0), (0, 0), (0, 0)))
         logits = jax.lax.map(forward, padded.reshape(-1, batch_size, *IMAGE_SHAPE))

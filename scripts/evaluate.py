@@ -3,6 +3,7 @@
   python scripts/evaluate.py --workdir=checkpoints/cnn-20250101-120000
   python scripts/evaluate.py --workdir=DIR --split=val --checkpoint=latest --output-dir=OUT
   python scripts/evaluate.py --workdir=A --workdir=B --output-dir=OUT [--ensemble-weights=val]
+  python scripts/evaluate.py --workdir=checkpoints/pretrained/cnn --tta   # image and mirror
 
 Everything is rebuilt from what the workdir stored. With several seeds, the predictor is their
 ensemble (the average of the members' class probabilities), and each member is reported as well.
@@ -27,7 +28,7 @@ def evaluate_one(args) -> tuple[dict, list[Path], Path]:
     """One workdir: its metrics, files, figures, embedding map and explanations."""
     # pylint: disable-next=import-outside-toplevel
     from fmnist_jax import evaluation, explain, similar
-    restored = evaluation.load_workdir(args.workdir[0], args.checkpoint, args.data_dir)
+    restored = evaluation.load_workdir(args.workdir[0], args.checkpoint, args.data_dir, args.tta)
     result = evaluation.evaluate(restored, args.split)
     summary = evaluation.summarize(result)
     out = Path(args.output_dir or evaluation.default_output_dir(args.workdir[0], args.split))
@@ -47,7 +48,7 @@ def evaluate_ensemble(args) -> tuple[dict, list[Path], Path]:
         raise UserError("several --workdir make an ensemble: give --output-dir=DIR for it")
     out = Path(args.output_dir)
     parts, summary, probabilities = ensemble.evaluate_ensemble(
-        args.workdir, args.split, args.checkpoint, args.ensemble_weights, args.data_dir)
+        args.workdir, args.split, args.checkpoint, args.ensemble_weights, args.data_dir, args.tta)
     for part in summary["parts"]:
         print(f"  part (weight {part['weight']:.3f}): {report.headline(part)}")
     return summary, ensemble.write_outputs(parts, summary, probabilities, out), out
@@ -72,6 +73,7 @@ def main(argv) -> None:
                         help="skip the explanations (Grad-CAM, integrated gradients and their "
                              "sanity checks on a few hundred images)")
     cli.add_data_flag(parser)
+    cli.add_tta_flag(parser, "as the run or release recorded, config.tta")
     parser.add_argument("--debug", action="store_true", help="show tracebacks of input errors")
     args = parser.parse_args(argv)
     start = time.perf_counter()

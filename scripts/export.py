@@ -5,6 +5,7 @@ predict.py read as they read the run itself (see fmnist_jax/release.py).
   python scripts/export.py --workdir=RUN --out=DIR --seed=2   # one member of a multi-seed run
   python scripts/export.py --workdir=DIR --portable-only        # add model.jaxexport to DIR only
   python scripts/export.py --workdir=RUN --out=checkpoints/pretrained/cnn --overwrite  # replace it
+  python scripts/export.py --workdir=RUN --out=DIR --tta      # predicts on image and mirror
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ def main(argv) -> None:
     parser.add_argument("--portable-only", action="store_true",
                         help="write only the portable model (model.jaxexport, model.json) into "
                              "--workdir, a run or a release, instead of a release")
+    cli.add_tta_flag(parser, "as the run did; the release records it and its test accuracy")
     parser.add_argument("--debug", action="store_true", help="show tracebacks of input errors")
     args = parser.parse_args(argv)
     if (args.out is None) != args.portable_only:
@@ -38,9 +40,10 @@ def main(argv) -> None:
               f"{sum(p.stat().st_size for p in paths) / 2**20:.1f} MiB")
         return
     record = release.export(args.workdir, args.out, args.seed, cli.command_line(),
-                            args.overwrite)
+                            args.overwrite, args.tta)
     accuracy = ", ".join(f"{a:.2%}" for a in record["test_accuracy"])
-    print(f"released {record['model']} (seeds {record['seeds']}, test accuracy {accuracy}) to "
+    tta = " with flip TTA" if record["tta"] else ""
+    print(f"released {record['model']} (seeds {record['seeds']}, test accuracy {accuracy}{tta}) to "
           f"{args.out}: {release.size_bytes(args.out) / 2**20:.1f} MiB")
 
 

@@ -35,6 +35,7 @@ def main(argv) -> None:
     parser.add_argument("--checkpoint", choices=("best", "latest"), default="best",
                         help="each member's best-by-validation weights, or the latest ones "
                              "(the moving average of the weights when the run kept one)")
+    cli.add_tta_flag(parser, "as the run or release recorded, config.tta")
     parser.add_argument("--top", type=int, default=3, help="classes to show per file (default 3)")
     parser.add_argument("--json", action="store_true", help="print one JSON list of the results")
     parser.add_argument("--explain", metavar="DIR",
@@ -44,7 +45,7 @@ def main(argv) -> None:
     args = parser.parse_args(argv)
     # pylint: disable-next=import-outside-toplevel
     from fmnist_jax import evaluation, explain, images
-    restored = evaluation.load_workdir(args.workdir, args.checkpoint)
+    restored = evaluation.load_workdir(args.workdir, args.checkpoint, tta=args.tta)
     results = images.classify(restored, args.images, args.top)
     if args.explain:
         for figure in explain.explain_files(restored, args.images, Path(args.explain)):

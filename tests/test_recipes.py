@@ -24,6 +24,7 @@ from test_train import BATCH, run_steps, setup, small_config
 
 TUNED = sorted((config_lib.CONFIG_DIR / "tuned").glob("*.py"))
 REPLICAS = sorted((config_lib.CONFIG_DIR / "replicas").glob("*.py"))
+SEARCH = sorted((config_lib.CONFIG_DIR / "search").glob("*.py"))
 
 
 def test_ema_update_moves_the_average_by_the_ramped_rate():
@@ -118,8 +119,9 @@ def test_resnet_trains_the_same_with_matmul_and_xla_convolutions():
                                 rtol=1e-3, atol=1e-4)
 
 
-@pytest.mark.parametrize("path", TUNED + REPLICAS, ids=lambda p: f"{p.parent.name}/{p.stem}")
-def test_tuned_and_replica_configs_load_validate_and_build(path):
+@pytest.mark.parametrize("path", TUNED + REPLICAS + SEARCH,
+                         ids=lambda p: f"{p.parent.name}/{p.stem}")
+def test_tuned_replica_and_search_configs_load_validate_and_build(path):
     config = config_lib.load_config_file(path)
     config_lib.validate(config)
     model = create_model(config.model)
