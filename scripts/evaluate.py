@@ -5,6 +5,8 @@
 
 Everything is rebuilt from what the workdir stored. With several seeds, the predictor is their
 ensemble (the average of the members' class probabilities), and each member is reported as well.
+Of a sweep (train.py --sweep), the members of one setting are evaluated: the best on validation
+unless --setting says otherwise.
 """
 
 from __future__ import annotations
@@ -29,11 +31,15 @@ def main(argv) -> None:
                         help="each member's best-by-validation weights, or the latest ones "
                              "(the moving average of the weights when the run kept one)")
     parser.add_argument("--output-dir", help="where to write (default WORKDIR/eval-SPLIT)")
+    parser.add_argument("--setting", type=int, metavar="K",
+                        help="of a sweep: evaluate the members of setting K (see its sweep.md); "
+                             "default the best setting, chosen on the validation split")
     parser.add_argument("--debug", action="store_true", help="show tracebacks of input errors")
     args = parser.parse_args(argv)
     start = time.perf_counter()
     from fmnist_jax import evaluation, report  # pylint: disable=import-outside-toplevel
-    restored = evaluation.load_workdir(args.workdir, args.checkpoint)
+    restored = evaluation.for_setting(evaluation.load_workdir(args.workdir, args.checkpoint),
+                                      args.setting)
     result = evaluation.evaluate(restored, args.split)
     summary = evaluation.summarize(result)
     out = Path(args.output_dir or evaluation.default_output_dir(args.workdir, args.split))

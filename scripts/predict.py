@@ -41,7 +41,7 @@ def main(argv) -> None:
     parser.add_argument("--debug", action="store_true", help="show tracebacks of input errors")
     args = parser.parse_args(argv)
     from fmnist_jax import evaluation, images  # pylint: disable=import-outside-toplevel
-    restored = evaluation.load_workdir(args.workdir, args.checkpoint)
+    restored = evaluation.for_setting(evaluation.load_workdir(args.workdir, args.checkpoint))
     results = images.classify(restored, args.images, args.top)
     if args.json:
         print(json.dumps(results, indent=2))
