@@ -7,7 +7,6 @@ from collections.abc import Mapping
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 import optax
 from optax import contrib
 
@@ -78,11 +77,11 @@ def set_hyperparams(opt_state, values: Mapping[str, jax.Array]):
     return opt_state._replace(hyperparams=hyperparams)
 
 
-def peak_learning_rates(opt_state) -> np.ndarray | float:
+def peak_learning_rates(opt_state) -> jax.Array | float:
     """Each member's own learning rate (that multiplies the unit schedule), or 1 when the run has
     one for all (already in its schedule)."""
     hyperparams = getattr(opt_state, "hyperparams", None)
-    return 1.0 if hyperparams is None else np.asarray(hyperparams["learning_rate"])
+    return 1.0 if hyperparams is None else hyperparams["learning_rate"]
 
 
 def make_plateau(config: ml_collections.ConfigDict) -> optax.GradientTransformationExtraArgs:

@@ -287,7 +287,7 @@ class Trainer:
     def learning_rates(self, states) -> np.ndarray:
         steps = np.maximum(train_lib.to_host(states.step) - 1, 0)
         base = np.array([float(self.parts.schedule(int(s))) for s in steps])
-        peak = optim.peak_learning_rates(train_lib.to_host(states.opt_state))
+        peak = train_lib.to_host(optim.peak_learning_rates(states.opt_state))
         return base * peak * train_lib.to_host(states.plateau.scale)
 
     def evaluate(self, params, batch_stats, images, labels) -> tuple[np.ndarray, dict]:
@@ -432,13 +432,12 @@ def _check_memory(config, parts: Components, dataset: data.Dataset,
     """`sweep.check_memory` for this run's members, from shapes only (nothing is allocated)."""
     abstract = jax.eval_shape(lambda: initial_states(config, parts))
     device = layout.mesh.devices.flat[0]
-    members = len(seeds_of(config))
-    if device.platform != "cpu":  # a CPU's devices share the host's memory
-        members = -(-members // layout.seeds_size)
+    members, batch = len(seeds_of(config)), config.batch_size
+    if device.platform != "cpu":  # a CPU's devices share the host's memory: count them all
+        members, batch = -(-members // layout.seeds_size), layout.per_device_batch(batch)
     data_bytes = sum(part.images.nbytes + part.labels.nbytes
                      for part in (dataset.train, dataset.val, dataset.test))
-    return sweep.check_memory(abstract, parts.model, layout.per_device_batch(config.batch_size),
-                              data_bytes, members, device)
+    return sweep.check_memory(abstract, parts.model, batch, data_bytes, members, device)
 
 
 def _resume(ckpts: Checkpoints, config, workdir: Path, states, quiet: bool):
