@@ -5,6 +5,7 @@ from __future__ import annotations
 import ast
 import difflib
 import importlib.util
+import json
 import math
 from pathlib import Path
 from typing import Any
@@ -55,6 +56,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.optimizer.weight_decay = 0.0  # adamw only; never applied to biases or norm scales
     c.optimizer.momentum = 0.9  # sgd only
     c.optimizer.nesterov = False  # sgd only
+    c.optimizer.b1 = 0.9  # adam and adamw
+    c.optimizer.b2 = 0.999  # adam and adamw
     c.optimizer.grad_clip_norm = 0.0  # > 0: clip the global gradient norm
 
     c.schedule = ml_collections.ConfigDict()
@@ -69,6 +72,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.epoch_mode = "auto"  # loop: one jitted step per batch; scan (auto): one dispatch per epoch
     c.scan_unroll = 1
     c.checkpoints_to_keep = 2
+    c.sweep = ()  # set by --sweep (sweep.py): 'FIELD=V1,V2,...' per varied field
     return c
 
 
@@ -105,7 +109,7 @@ def with_defaults(stored: dict[str, Any]) -> dict[str, Any]:
     def merged(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
         return base | {k: merged(base[k], v) if isinstance(v, dict) and isinstance(base.get(k), dict)
                        else v for k, v in over.items()}
-    return merged(base_config().to_dict(), stored)
+    return merged(json.loads(base_config().to_json()), stored)  # as JSON: tuples as lists
 
 
 def model_config(model: str) -> ml_collections.ConfigDict:
@@ -186,6 +190,11 @@ def validate(config: ml_collections.ConfigDict) -> None:
              "config.augment.rotate (degrees) must lie in [0, 180] and config.augment.zoom in "
              "[0, 1)")
     _require(0 <= config.ema_decay < 1, "config.ema_decay must lie in [0, 1) (0 = off)")
+    for field in ("momentum", "b1", "b2"):
+        _require(0 <= config.optimizer[field] < 1,
+                 f"config.optimizer.{field} must lie in [0, 1), got {config.optimizer[field]}")
+    _require(config.optimizer.weight_decay >= 0 and config.optimizer.grad_clip_norm >= 0,
+             "config.optimizer.weight_decay and config.optimizer.grad_clip_norm must be >= 0")
     _require(config.compute_dtype in COMPUTE_DTYPES,
              f"unknown compute_dtype {config.compute_dtype!r}; valid: {', '.join(COMPUTE_DTYPES)}")
     _require(config.early_stopping_patience >= 0, "config.early_stopping_patience must be >= 0")

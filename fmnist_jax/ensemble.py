@@ -111,7 +111,8 @@ def evaluate_ensemble(workdirs: Sequence[str | Path], split: str, checkpoint: st
     if weights_from not in WEIGHTS:
         raise UserError(f"--ensemble-weights must be one of {', '.join(WEIGHTS)}, "
                         f"got {weights_from!r}")
-    restoreds = [evaluation.load_workdir(w, checkpoint, data_dir, tta) for w in workdirs]
+    restoreds = [evaluation.for_setting(evaluation.load_workdir(w, checkpoint, data_dir, tta))
+                 for w in workdirs]
     parts = evaluate_parts(restoreds, split)
     weights = np.full(len(parts), 1.0 / len(parts))
     if weights_from == "val":

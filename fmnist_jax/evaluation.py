@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import json
 import logging
 import time
@@ -21,7 +22,7 @@ import ml_collections
 import numpy as np
 
 from fmnist_jax import config as config_lib
-from fmnist_jax import data, metrics, plots, report, run
+from fmnist_jax import data, metrics, plots, report, run, sweep
 from fmnist_jax import train as train_lib
 from fmnist_jax.checkpointing import Checkpoints
 from fmnist_jax.errors import CheckpointError, UserError
@@ -47,6 +48,7 @@ class Restored:
     params: Any
     batch_stats: Any
     epochs: list[int]  # per member: the epoch its weights come from
+    setting: dict[str, Any] | None = None  # of a sweep: the setting whose members these are
 
     @property
     def class_names(self) -> list[str]:
@@ -149,6 +151,38 @@ def load_workdir(workdir: str | Path, checkpoint: str = "best",
     return Restored(workdir, model, config, meta, step, checkpoint, params, batch_stats, epochs)
 
 
+def for_setting(restored: Restored, setting: int | None = None) -> Restored:
+    """A sweep's members of one setting: `setting`, by default the best on validation (from
+    summary.json); the members of any other run as they are."""
+    config = restored.config
+    if not sweep.is_sweep(config):
+        if setting is not None:
+            raise UserError(f"{restored.workdir} is not a sweep, so it has no --setting; drop it")
+        return restored
+    choices = sweep.settings(config)
+    if setting is None:
+        setting = _best_setting(restored.workdir, len(choices))
+    if not 0 <= setting < len(choices):
+        raise UserError(f"--setting={setting} is not a setting of {restored.workdir}; give one "
+                        f"of 0..{len(choices) - 1} (see its sweep.md)")
+    members = [m for m, k in enumerate(sweep.member_settings(config)) if k == setting]
+    pick = functools.partial(jax.tree.map, lambda x: x[members[0]:members[-1] + 1])
+    meta = dict(restored.meta, seeds=[restored.seeds[m] for m in members])
+    return dataclasses.replace(
+        restored, meta=meta, params=pick(restored.params), batch_stats=pick(restored.batch_stats),
+        epochs=[restored.epochs[m] for m in members],
+        setting={"index": setting, "values": choices[setting]})
+
+
+def _best_setting(workdir: Path, count: int) -> int:
+    path = workdir / "summary.json"
+    if not path.is_file():
+        raise UserError(f"the sweep in {workdir} has not finished, so no setting is chosen yet; "
+                        f"give --setting=K (0..{count - 1}) or finish it with scripts/train.py "
+                        f"--workdir={workdir}")
+    return int(json.loads(path.read_text())["sweep"]["best"]["setting"])
+
+
 @dataclasses.dataclass(frozen=True)
 class Evaluation:
     """A split's images and labels with every member's class probabilities `[S, N, C]`."""
@@ -231,6 +265,8 @@ def summarize(evaluation: Evaluation) -> dict[str, Any]:
                        "platform": jax.default_backend()},
         "training": training_record(restored.workdir),
     }
+    if restored.setting is not None:
+        summary["setting"] = restored.setting
     if num_members > 1:
         members = [{"seed": seed, "epoch": epoch,
                     **metrics.classification_summary(p, evaluation.labels, names)}
@@ -321,7 +357,9 @@ def _described(summary: dict[str, Any], *path: str) -> dict[str, Any]:
 def model_labels(summaries: Sequence[dict[str, Any]]) -> list[str]:
     """The model names (with the seed count), made unique with the workdir's name where needed."""
     labels = [s["model"] + (f" ×{len(s['seeds'])}" if len(s["seeds"]) > 1 and "parts" not in s
-                            else "") for s in summaries]
+                            else "")
+              + (f" [{report.setting_text(s['setting']['values'])}]" if "setting" in s else "")
+              for s in summaries]
     return [f"{label} ({Path(s['workdir']).name})" if labels.count(label) > 1 else label
             for label, s in zip(labels, summaries)]
 

@@ -13,6 +13,8 @@ import matplotlib.ticker  # noqa: E402  pylint: disable=wrong-import-position
 import matplotlib.pyplot as plt  # noqa: E402  pylint: disable=wrong-import-position
 import numpy as np  # noqa: E402  pylint: disable=wrong-import-position
 
+from fmnist_jax import report  # noqa: E402  pylint: disable=wrong-import-position
+
 DPI = 110
 RIGHT, WRONG, OTHER = "#2a9d4a", "#d62728", "#9e9e9e"
 MISTAKES_GRID = (4, 6)
@@ -320,5 +322,42 @@ def neighbours_figure(queries: np.ndarray, names: Sequence[str], neighbours: np.
             axes[r, j + 1].set_title(titles[r][j], fontsize=7)
     fig.suptitle("Nearest training images (cosine distance in the penultimate layer)",
                  fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def sweep_figure(sweep: dict[str, Any], model: str) -> plt.Figure:
+    """Validation accuracy against each swept field's values, one line per combination of the
+    other fields, error bars the std over seeds; the best setting circled."""
+    fields = sweep["fields"]
+    settings = sweep["settings"]
+    best = settings[sweep["best"]["setting"]]
+    fig, axes = plt.subplots(1, len(fields), figsize=(5.5 * len(fields), 4.2), squeeze=False)
+    for ax, field in zip(axes[0], fields):
+        others = [f for f in fields if f != field]
+        lines: dict[tuple, list[dict]] = {}
+        for s in settings:
+            lines.setdefault(tuple(s["values"][f] for f in others), []).append(s)
+        for key, members in lines.items():
+            x = [s["values"][field] for s in members]
+            y = [s["val_accuracy"]["mean"] for s in members]
+            err = [s["val_accuracy"]["std"] for s in members]
+            label = report.setting_text(dict(zip(others, key)))
+            ax.errorbar(x, y, yerr=err, marker="o", capsize=3, label=label or None)
+        ax.plot(best["values"][field], best["val_accuracy"]["mean"], "o", markersize=14,
+                markerfacecolor="none", color=WRONG, label="best (on validation)")
+        values = sorted({s["values"][field] for s in settings})
+        if min(values) > 0 and max(values) / min(values) >= 4:
+            ax.set_xscale("log")
+        ax.set_xticks(values, [f"{v:g}" for v in values])
+        ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
+        ax.set_xlabel(field.removeprefix("optimizer."))
+        ax.set_ylabel("validation accuracy")
+        ax.yaxis.set_major_formatter(matplotlib.ticker.PercentFormatter(1.0))
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    seeds = sweep["num_seeds"]
+    fig.suptitle(f"Sweep of {model}: best validation accuracy per setting"
+                 + (f" (mean ± std over {seeds} seeds)" if seeds > 1 else ""))
     fig.tight_layout()
     return fig

@@ -18,7 +18,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from fmnist_jax import evaluation, metrics, portable
+from fmnist_jax import evaluation, metrics, portable, run, sweep
 from fmnist_jax.checkpointing import Checkpoints
 from fmnist_jax.errors import UserError
 
@@ -58,6 +58,7 @@ def _select(summary: dict[str, Any], index: int | None) -> dict[str, Any]:
             picked[key] = [summary[key][index]]
     picked["test_accuracy_stats"] = {"n": 1, "mean": picked["test_accuracy"][0]}
     picked.pop("ensemble", None)
+    picked.pop("sweep", None)
     return picked
 
 
@@ -78,10 +79,44 @@ def _retested(summary: dict[str, Any], restored: evaluation.Restored) -> dict[st
     return retested
 
 
+def _chosen_member(restored: evaluation.Restored, summary: dict[str, Any], seed: int | None,
+                   member: int | None) -> int | None:
+    """The index of the member to release (None: all): `member`, or `seed`'s; of a sweep, the
+    best setting's member of `seed`, by default the best setting's best member (on validation)."""
+    count = len(restored.seeds)
+    if member is not None:
+        if not 0 <= member < count:
+            raise UserError(f"--member={member} is not in {restored.workdir}; give one of "
+                            f"0..{count - 1}")
+        return member
+    candidates = list(range(count))
+    if "sweep" in summary:
+        best = summary["sweep"]["best"]
+        if seed is None:
+            return best["best_member"]
+        candidates = summary["sweep"]["settings"][best["setting"]]["members"]
+    if seed is None:
+        return None
+    seeds = [restored.seeds[m] for m in candidates]
+    if seed not in seeds:
+        raise UserError(f"seed {seed} is not in {restored.workdir}; its seeds: {seeds}")
+    return candidates[seeds.index(seed)]
+
+
+def _member_config(restored: evaluation.Restored, index: int | None, seeds: list[int]) -> dict:
+    """The config of a plain run of the released members (of a sweep: the member's setting)."""
+    config = restored.meta["config"]
+    if sweep.is_sweep(restored.config):
+        setting = sweep.member_settings(restored.config)[index]
+        return run.config_to_json(sweep.setting_config(restored.config, setting, seeds[0]))
+    return dict(config, seed=seeds[0], num_seeds=len(seeds))
+
+
 def export(workdir: str | Path, out: str | Path, seed: int | None = None,
-           command: str = "", overwrite: bool = False,
-           tta: bool | None = None) -> dict[str, Any]:
-    """Writes the release of `workdir` (all members, or only `seed`'s) to `out`; its record.
+           command: str = "", overwrite: bool = False, tta: bool | None = None,
+           member: int | None = None) -> dict[str, Any]:
+    """Writes the release of `workdir` (all members, or only `seed`'s or `member`'s) to `out`;
+    its record. Of a sweep, one member: by default the best setting's best member.
 
     An existing `out` is replaced only with `overwrite`, and only when it is a release. `tta` sets
     whether the release predicts with flip test-time augmentation (default: as the run did); when
@@ -95,20 +130,18 @@ def export(workdir: str | Path, out: str | Path, seed: int | None = None,
         raise UserError(f"{workdir} has no summary.json: only a finished run can be released; "
                         f"finish it with scripts/train.py --workdir={workdir}")
     restored = evaluation.load_workdir(workdir, "best", tta=tta)
-    index = None
-    if seed is not None:
-        if seed not in restored.seeds:
-            raise UserError(f"seed {seed} is not in {workdir}; its seeds: {restored.seeds}")
-        index = restored.seeds.index(seed)
-    summary = json.loads((workdir / "summary.json").read_text())
+    full = json.loads((workdir / "summary.json").read_text())
+    index = _chosen_member(restored, full, seed, member)
     if restored.tta != evaluation.config_from_meta(restored.meta).tta:
-        summary = _retested(summary, restored)
-    summary = _select(summary, index)
+        full = _retested(full, restored)
+    summary = _select(full, index)
     meta = dict(restored.meta, weights_only=True, seeds=summary["seeds"],
                 best_epoch=restored.epochs if index is None else [restored.epochs[index]])
-    meta["config"] = dict(meta["config"], seed=summary["seeds"][0], num_seeds=len(summary["seeds"]),
-                          tta=restored.tta)
+    meta["config"] = dict(_member_config(restored, index, summary["seeds"]), tta=restored.tta)
     record = _record(meta, summary, command)
+    if "sweep" in full:
+        record["sweep_setting"] = full["sweep"]["settings"][
+            sweep.member_settings(restored.config)[index]]["values"]
     staging = out.with_name(out.name + ".partial")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
@@ -191,7 +224,7 @@ def _replace(staging: Path, out: Path) -> None:
 
 def write_portable(folder: str | Path) -> list[Path]:
     """The portable model (`portable.py`) of the workdir or release `folder`, written into it."""
-    return portable.write(evaluation.load_workdir(folder, "best"), folder)
+    return portable.write(evaluation.for_setting(evaluation.load_workdir(folder, "best")), folder)
 
 
 def size_bytes(path: str | Path) -> int:

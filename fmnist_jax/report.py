@@ -67,6 +67,12 @@ def per_class_table(summary: dict[str, Any]) -> str:
     return table(headers, rows)
 
 
+def setting_text(values: dict[str, float]) -> str:
+    """A sweep's setting as `learning_rate=0.002, weight_decay=0`."""
+    return ", ".join(f"{field.removeprefix('optimizer.')}={value:g}"
+                     for field, value in values.items())
+
+
 def headline(summary: dict[str, Any]) -> str:
     """One line: model, split, accuracy, loss, macro F1 (and the members' spread)."""
     group = "parts" if "parts" in summary else "members"
@@ -75,6 +81,9 @@ def headline(summary: dict[str, Any]) -> str:
         if summary["predictor"] == "ensemble" else summary["model"]
     if summary.get("tta"):
         who += " with flip TTA"
+    if "setting" in summary:
+        who += f", sweep setting {summary['setting']['index']} " \
+               f"({setting_text(summary['setting']['values'])})"
     line = (f"{who} on the {summary['split']} split ({summary['num_examples']:,} images): "
             f"accuracy {percent(summary['accuracy'])}, loss {number(summary['loss'])}, "
             f"macro F1 {number(summary['macro']['f1'])}")
@@ -200,3 +209,44 @@ def comparison_report(comparison: dict[str, Any], figure: str) -> str:
                       "## Per-class F1\n", f1, f"Hardest classes: {hardest}.\n",
                       f"Most confused pairs (mistakes summed over the models): {confused}.\n",
                       f"![per-class F1]({figure})\n"])
+
+
+def _setting_values(sweep: dict[str, Any], values: dict[str, float]) -> list[str]:
+    return [f"{values[field]:g}" for field in sweep["fields"]]
+
+
+def sweep_table(sweep: dict[str, Any]) -> str:
+    """One row per setting: its values and validation accuracy (mean ± std over its seeds); the
+    test accuracy of the best setting only, the one chosen on validation."""
+    best = sweep["best"]["setting"]
+    rows = [[s["setting"], *_setting_values(sweep, s["values"]), stat(s["val_accuracy"]),
+             stat(s["test_accuracy"]) if s["setting"] == best else "",
+             "◀ best" if s["setting"] == best else ""] for s in sweep["settings"]]
+    fields = [f.removeprefix("optimizer.") for f in sweep["fields"]]
+    return table(["setting", *fields, "val accuracy", "test accuracy", ""], rows)
+
+
+def sweep_headline(summary: dict[str, Any]) -> str:
+    """The best setting (chosen on validation), its validation and test accuracy."""
+    sweep = summary["sweep"]
+    best = sweep["best"]
+    line = (f"best of {len(sweep['settings'])} settings on validation: "
+            f"{setting_text(best['values'])}: val accuracy "
+            f"{stat(best['val_accuracy'])}, test accuracy {stat(best['test_accuracy'])}")
+    if sweep["num_seeds"] > 1:
+        line += f" (mean ± std over {sweep['num_seeds']} seeds)"
+    if "ensemble" in summary:
+        line += f"; their ensemble {percent(summary['ensemble']['test_accuracy'])}"
+    return line
+
+
+def sweep_report(summary: dict[str, Any], figure: str) -> str:
+    """sweep.md: the table of settings, the best one, and the figure."""
+    sweep = summary["sweep"]
+    notes = (f"Validation accuracy of each member's best epoch, mean ± std over the "
+             f"{sweep['num_seeds']} seed(s) of a setting. The best setting is chosen on the "
+             f"validation split; only its test accuracy is shown, so the test split chooses "
+             f"nothing.")
+    return "\n".join([f"# Sweep: {summary['model']}, {len(sweep['settings'])} settings × "
+                      f"{sweep['num_seeds']} seed(s)\n", sweep_headline(summary) + ".\n",
+                      sweep_table(sweep), notes + "\n", f"![validation accuracy]({figure})\n"])

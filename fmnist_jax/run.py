@@ -31,7 +31,7 @@ import optax
 import tqdm
 
 from fmnist_jax import config as config_lib
-from fmnist_jax import data, metrics, optim, sharding, tensorboard
+from fmnist_jax import data, metrics, optim, plots, report, sharding, sweep, tensorboard
 from fmnist_jax import train as train_lib
 from fmnist_jax.checkpointing import Checkpoints
 from fmnist_jax.errors import CheckpointError, ConfigError, TrainingDiverged, UserError
@@ -57,19 +57,23 @@ class Components:
 
 def build(config: ml_collections.ConfigDict, num_train: int) -> Components:
     steps_per_epoch = num_train // config.batch_size
-    schedule = optim.make_schedule(config, steps_per_epoch)
+    per_member = sweep.per_member_optimizer(config)  # then the schedule is a unit one
+    schedule = optim.make_schedule(config, steps_per_epoch, unit=per_member)
     return Components(create_model(config.model, config.compute_dtype), schedule,
-                      optim.make_optimizer(config, schedule), optim.make_plateau(config))
+                      optim.make_optimizer(config, schedule, per_member), optim.make_plateau(config))
 
 
 def seeds_of(config: ml_collections.ConfigDict) -> list[int]:
-    return list(range(config.seed, config.seed + config.num_seeds))
+    """The seed of every member: SEED..SEED+N-1, for each setting of a sweep (sweep.py)."""
+    return sweep.member_seeds(config)
 
 
 def initial_states(config: ml_collections.ConfigDict, parts: Components) -> train_lib.TrainState:
     keys = train_lib.stacked_keys(seeds_of(config))
-    states = jax.jit(lambda k: train_lib.create_states(parts.model, parts.tx, parts.plateau, k,
-                                                       ema=config.ema_decay > 0))(keys["init"])
+    optimizer_hparams, step_hparams = sweep.member_hparams(config)
+    states = jax.jit(lambda k: train_lib.create_states(
+        parts.model, parts.tx, parts.plateau, k, sweep.keeps_moving_average(config),
+        optimizer_hparams, step_hparams))(keys["init"])
     # jit may hand one buffer to equal outputs (params and best_params); donation needs distinct ones.
     return jax.tree.map(lambda x: x.copy(), states)
 
@@ -243,7 +247,7 @@ class Trainer:
         self.config, self.workdir, self.dataset, self.parts, self.quiet = (
             config, workdir, dataset, parts, quiet)
         self.layout = layout
-        self.num_members = config.num_seeds
+        self.num_members = len(seeds_of(config))
         self.keys = layout.put_members(train_lib.stacked_keys(seeds_of(config)))
         self.num_train = len(dataset.train)
         self.steps_per_epoch = self.num_train // config.batch_size
@@ -284,7 +288,8 @@ class Trainer:
     def learning_rates(self, states) -> np.ndarray:
         steps = np.maximum(train_lib.to_host(states.step) - 1, 0)
         base = np.array([float(self.parts.schedule(int(s))) for s in steps])
-        return base * train_lib.to_host(states.plateau.scale)
+        peak = train_lib.to_host(optim.peak_learning_rates(states.opt_state))
+        return base * peak * train_lib.to_host(states.plateau.scale)
 
     def evaluate(self, params, batch_stats, images, labels) -> tuple[np.ndarray, dict]:
         logits = self.predict(params, batch_stats, images)
@@ -296,7 +301,7 @@ class Trainer:
         (a run keeping a moving average)."""
         _, val = self.evaluate(*train_lib.evaluated_weights(states), self.val_images,
                                self.val_labels)
-        if self.config.ema_decay <= 0:
+        if not sweep.keeps_moving_average(self.config):
             return val, None
         return val, self.evaluate(states.params, states.batch_stats, self.val_images,
                                   self.val_labels)[1]
@@ -310,7 +315,7 @@ class Trainer:
             raise TrainingDiverged(
                 f"the training loss became NaN or infinite at epoch {epoch + 1}, step "
                 f"{step - epoch * self.steps_per_epoch + 1} (global step {step + 1}, seed "
-                f"{self.config.seed + member}, learning rate "
+                f"{seeds_of(self.config)[member]}{_setting_of(self.config, member)}, learning rate "
                 f"{self.learning_rates(states)[member]:.3g}); nothing was saved from this epoch "
                 f"(latest good checkpoint: {kept}); lower --learning-rate or set "
                 f"--config.optimizer.grad_clip_norm")
@@ -347,6 +352,14 @@ class Trainer:
         return states, acc, self.steps_per_epoch
 
 
+def _setting_of(config: ml_collections.ConfigDict, member: int) -> str:
+    """`, setting lr=...` of a sweep's member, for messages."""
+    if not sweep.is_sweep(config):
+        return ""
+    values = sweep.settings(config)[sweep.member_settings(config)[member]]
+    return f", setting {report.setting_text(values)}"
+
+
 def _meta(config, dataset, environment_info, num_params) -> dict[str, Any]:
     return {"format": 1, "model": config.model.name, "config": config_to_json(config),
             "class_names": list(dataset.class_names), "param_count": num_params,
@@ -370,8 +383,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path, *
     several processes only process 0 prints and writes files other than checkpoints.
     """
     config_lib.validate(config)
-    layout = sharding.make_layout(mesh, config.num_seeds)
-    layout.check(config.batch_size, config.num_seeds)
+    num_members = len(seeds_of(config))
+    layout = sharding.make_layout(mesh, num_members)
+    layout.check(config.batch_size, num_members)
     quiet = quiet or not sharding.is_primary()
     workdir = Path(workdir)
     ensure_writable(workdir)
@@ -381,6 +395,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path, *
         raise ConfigError(f"batch size {config.batch_size} exceeds the {len(dataset.train)} "
                           f"training images; lower --batch-size")
     parts = build(config, len(dataset.train))
+    memory = _check_memory(config, parts, dataset, layout)
     states = initial_states(config, parts)
     num_params = param_count(jax.tree.map(lambda x: x[0], states.params))
     states = layout.put_members(states)
@@ -395,12 +410,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path, *
                   f"{env['per_device_batch']} per device | data {dataset.source}: "
                   f"{len(dataset.train)} train, {len(dataset.val)} val, {len(dataset.test)} test | "
                   f"{trainer.mode} mode | workdir {workdir}")
+    if sweep.is_sweep(config):
+        _print(quiet, f"sweep: {len(sweep.settings(config))} settings x {config.num_seeds} seeds "
+                      f"= {num_members} members ({', '.join(config.sweep)}) | {memory}")
     with Checkpoints(workdir, config.checkpoints_to_keep) as ckpts:
         states, position = _resume(ckpts, config, workdir, states, quiet)
         ensure_space(workdir, states, config.checkpoints_to_keep + 1 - len(ckpts.steps()))
         if sharding.is_primary():
             (workdir / "config.json").write_text(json.dumps(meta, indent=2) + "\n")
-        acc = train_lib.init_accumulator(config.num_seeds)
+        acc = train_lib.init_accumulator(num_members)
         if position.partial:
             acc = jax.tree.map(jnp.asarray, {k: np.asarray(v, acc[k].dtype)
                                              for k, v in position.partial.items()})
@@ -410,6 +428,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path, *
                                      quiet) as board:
             states = _epochs(trainer, ckpts, states, acc, position, meta, board)
     return _finish(trainer, states, meta, workdir, quiet)
+
+
+def _check_memory(config, parts: Components, dataset: data.Dataset,
+                  layout: sharding.Layout) -> str:
+    """`sweep.check_memory` for this run's members, from shapes only (nothing is allocated)."""
+    abstract = jax.eval_shape(lambda: initial_states(config, parts))
+    device = layout.mesh.devices.flat[0]
+    members, batch = len(seeds_of(config)), config.batch_size
+    if device.platform != "cpu":  # a CPU's devices share the host's memory: count them all
+        members, batch = -(-members // layout.seeds_size), layout.per_device_batch(batch)
+    data_bytes = sum(part.images.nbytes + part.labels.nbytes
+                     for part in (dataset.train, dataset.val, dataset.test))
+    return sweep.check_memory(abstract, parts.model, batch, data_bytes, members, device)
 
 
 def _resume(ckpts: Checkpoints, config, workdir: Path, states, quiet: bool):
@@ -458,8 +489,14 @@ def _epochs(trainer: Trainer, ckpts: Checkpoints, states, acc, position: Positio
                                                      jnp.asarray(val["loss"], jnp.float32))),
                 position.epoch + 1)
             position = Position(position.epoch + 1)
-            record = epoch_record(position.epoch, metrics.means(host), val, lr, active,
+            train = metrics.means(host)
+            record = epoch_record(position.epoch, train, val, lr, active,
                                   time.perf_counter() - start, train_seconds, images, raw_val)
+            if sweep.is_sweep(config):
+                record["settings"] = sweep.epoch_groups(config, {
+                    "train_loss": train["loss"], "train_accuracy": train["accuracy"],
+                    "val_loss": val["loss"], "val_accuracy": val["accuracy"],
+                    "learning_rate": lr, "active_members": active})
             # The line goes first: a kill before the save commits resumes from the previous
             # checkpoint and drops it, while a checkpoint never lacks its line.
             if sharding.is_primary():
@@ -468,7 +505,7 @@ def _epochs(trainer: Trainer, ckpts: Checkpoints, states, acc, position: Positio
             board.write(record)
             ckpts.save(global_step, states, meta | {"position": dataclasses.asdict(position)})
             _print(trainer.quiet, _format_epoch(record, config.epochs))
-            acc = train_lib.init_accumulator(config.num_seeds)
+            acc = train_lib.init_accumulator(trainer.num_members)
             if interrupt.requested:
                 ckpts.wait()
                 raise KeyboardInterrupt(_saved_and_how_to_resume(global_step, meta, workdir))
@@ -494,7 +531,9 @@ def read_history(workdir: Path) -> list[dict[str, Any]]:
 
 
 def _finish(trainer: Trainer, states, meta, workdir: Path, quiet: bool) -> dict:
-    """Tests the best parameters of every member (and their ensemble); writes summary.json."""
+    """Tests the best parameters of every member (and their ensemble); writes summary.json.
+
+    A sweep's summary groups the members by setting, and its ensemble is the best setting's."""
     test = trainer.dataset.test
     images, labels = trainer.layout.put_host(test.images), trainer.layout.put_host(test.labels)
     logits, result = trainer.evaluate(states.best_params, states.best_batch_stats, images, labels)
@@ -513,18 +552,31 @@ def _finish(trainer: Trainer, states, meta, workdir: Path, quiet: bool) -> dict:
         if history else None,
         "epoch_mode": trainer.mode, "environment": meta["environment"], "command": meta["command"],
     }
-    if trainer.config.ema_decay > 0:
+    if sweep.keeps_moving_average(trainer.config):
         _, raw = trainer.evaluate(states.params, states.batch_stats, images, labels)
         summary["latest_raw_weights_test_accuracy"] = raw["accuracy"].tolist()
-    if trainer.num_members > 1:
-        probs = metrics.ensemble_probabilities(train_lib.to_host(logits))
-        summary["ensemble"] = {
+    members = list(range(trainer.num_members))
+    if sweep.is_sweep(trainer.config):
+        summary["sweep"] = sweep.summarize(trainer.config, np.asarray(summary["best_val_accuracy"]),
+                                           result["accuracy"], np.asarray(summary["best_epoch"]))
+        members = summary["sweep"]["settings"][summary["sweep"]["best"]["setting"]]["members"]
+    if len(members) > 1:
+        probs = metrics.ensemble_probabilities(train_lib.to_host(logits)[members])
+        summary["ensemble"] = {"members": members,
             "test_accuracy": float((probs.argmax(-1) == test.labels).mean()),
             "test_loss": float(-np.log(probs[np.arange(len(test.labels)), test.labels]
                                        + 1e-12).mean())}
     if not sharding.is_primary():
         return summary
     (workdir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    if "sweep" in summary:
+        plots.save(plots.sweep_figure(summary["sweep"], meta["model"]), workdir / "sweep.png")
+        (workdir / "sweep.md").write_text(report.sweep_report(summary, "sweep.png"))
+        _print(quiet, report.sweep_table(summary["sweep"]))
+        print(report.sweep_headline(summary), flush=True)
+        _print(quiet, f"summary: {workdir / 'summary.json'}; table and figure: "
+                      f"{workdir / 'sweep.md'}")
+        return summary
     stats = summary["test_accuracy_stats"]
     line = f"test accuracy of the best checkpoint: {stats['mean']:.2%}"
     if trainer.num_members > 1:

@@ -78,7 +78,7 @@ def load_model(path: str | Path) -> portable.Portable:
         raise UserError(f"{path}: no such workdir, release or exported model; give a folder that "
                         f"scripts/train.py or scripts/export.py wrote")
     from fmnist_jax import evaluation  # pylint: disable=import-outside-toplevel
-    restored = evaluation.load_workdir(path)
+    restored = evaluation.for_setting(evaluation.load_workdir(path))
     return portable.Portable(portable.export(restored), portable.metadata(restored))
 
 

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import optax
 from flax.training import train_state
 
-from fmnist_jax import augment, sharding
+from fmnist_jax import augment, optim, sharding
 
 NUM_CLASSES = 10
 IMAGE_SHAPE = (28, 28, 1)
@@ -37,6 +37,7 @@ class TrainState(train_state.TrainState):
     best_epoch: jax.Array
     stale_epochs: jax.Array  # epochs since the validation accuracy last improved
     active: jax.Array  # False once early stopping ended this member
+    hparams: Any  # this member's own `label_smoothing`/`ema_decay` in a sweep (`{}` otherwise)
 
 
 def member_keys(seed: int) -> dict[str, jax.Array]:
@@ -50,27 +51,39 @@ def stacked_keys(seeds) -> dict[str, jax.Array]:
 
 
 def create_state(model: nn.Module, tx: optax.GradientTransformation,
-                 plateau: optax.GradientTransformation, ema: bool, key: jax.Array) -> TrainState:
-    """One member's initial state; with `ema`, the average starts at the initial weights."""
+                 plateau: optax.GradientTransformation, ema: bool, key: jax.Array,
+                 optimizer_hparams: Mapping[str, jax.Array] | None = None,
+                 step_hparams: Mapping[str, jax.Array] | None = None) -> TrainState:
+    """One member's initial state; with `ema`, the average starts at the initial weights.
+
+    A sweep's member has its own optimizer hyperparameters (`tx` then made per member, see
+    `optim.make_optimizer`) and `step_hparams` (keyword arguments of `make_train_step`)."""
     variables = model.init({"params": key, "dropout": key}, jnp.zeros((1, *IMAGE_SHAPE)),
                            train=False)
     params, batch_stats = variables["params"], variables.get("batch_stats", {})
-    return TrainState.create(
+    state = TrainState.create(
         apply_fn=model.apply, params=params, tx=tx, batch_stats=batch_stats,
         ema_params=params if ema else {}, ema_batch_stats=batch_stats if ema else {},
         plateau=plateau.init(params), best_params=params, best_batch_stats=batch_stats,
         best_accuracy=jnp.float32(-1.0), best_epoch=jnp.int32(0), stale_epochs=jnp.int32(0),
-        active=jnp.bool_(True)).replace(step=jnp.int32(0))  # not weakly typed: as restored
+        active=jnp.bool_(True), hparams=dict(step_hparams or {}))
+    if optimizer_hparams:
+        state = state.replace(opt_state=optim.set_hyperparams(state.opt_state, optimizer_hparams))
+    return state.replace(step=jnp.int32(0))  # not weakly typed: as restored
 
 
-def create_states(model, tx, plateau, init_keys: jax.Array, ema: bool = False) -> TrainState:
-    """The stacked initial states of all members, one member after the other.
+def create_states(model, tx, plateau, init_keys: jax.Array, ema: bool = False,
+                  optimizer_hparams: Mapping[str, jax.Array] | None = None,
+                  step_hparams: Mapping[str, jax.Array] | None = None) -> TrainState:
+    """The stacked initial states of all members, one member after the other; the hparams, when
+    given, are `{name: [S]}`, one value per member.
 
     `lax.map`, not `vmap`: jitted, the vmapped initialisation of the lstm (a scan) with 8 members
     deadlocked XLA:CPU (jaxlib 0.10.2) in about half of the runs; mapped it never did. The values
     are the same either way (each member's draws depend on its key only).
     """
-    return jax.lax.map(functools.partial(create_state, model, tx, plateau, ema), init_keys)
+    return jax.lax.map(lambda args: create_state(model, tx, plateau, ema, *args),
+                       (init_keys, dict(optimizer_hparams or {}), dict(step_hparams or {})))
 
 
 def evaluated_weights(state: TrainState) -> tuple[Any, Any]:
@@ -80,7 +93,7 @@ def evaluated_weights(state: TrainState) -> tuple[Any, Any]:
     return state.params, state.batch_stats
 
 
-def update_ema(state: TrainState, decay: float) -> TrainState:
+def update_ema(state: TrainState, decay: float | jax.Array) -> TrainState:
     """Moves the average towards the new weights, with a decay ramped as min(decay, (1+t)/(10+t))
     so that early steps are not dominated by the random initialisation."""
     t = state.step.astype(jnp.float32)
@@ -94,9 +107,10 @@ def normalize(images: jax.Array, mean: float, std: float) -> jax.Array:
     return (images.astype(jnp.float32) / 255.0 - mean) / std
 
 
-def cross_entropy(logits: jax.Array, labels: jax.Array, label_smoothing: float = 0.0) -> jax.Array:
+def cross_entropy(logits: jax.Array, labels: jax.Array,
+                  label_smoothing: float | jax.Array = 0.0) -> jax.Array:
     targets = jax.nn.one_hot(labels, logits.shape[-1])
-    if label_smoothing:
+    if isinstance(label_smoothing, jax.Array) or label_smoothing:  # an array: a member's own
         targets = optax.smooth_labels(targets, label_smoothing)
     return optax.softmax_cross_entropy(logits, targets)
 
@@ -113,10 +127,13 @@ def make_train_step(mean: float, std: float, label_smoothing: float = 0.0,
 
     `augmentation` holds the keyword arguments of `augment.augment`; its key is folded from `rng`,
     which itself drives dropout, so enabling augmentation leaves the dropout masks as they were.
-    With `ema_decay` > 0 the state's moving average is updated after every step.
+    With `ema_decay` > 0 the state's moving average is updated after every step. A member's own
+    `label_smoothing` or `ema_decay` in `state.hparams` (a sweep) replaces the argument.
     """
 
     def train_step(state: TrainState, batch: dict[str, jax.Array], rng: jax.Array):
+        smoothing = state.hparams.get("label_smoothing", label_smoothing)
+        decay = state.hparams.get("ema_decay", ema_decay)
         images = batch["image"]
         if augmentation and any(augmentation.values()):
             images = augment.augment(jax.random.fold_in(rng, 1), images, **augmentation)
@@ -127,7 +144,7 @@ def make_train_step(mean: float, std: float, label_smoothing: float = 0.0,
                 {"params": params, "batch_stats": state.batch_stats}, x, train=True,
                 rngs={"dropout": rng}, mutable=["batch_stats"])
             logits = logits.astype(jnp.float32)  # the loss in float32 whatever the compute dtype
-            loss = cross_entropy(logits, batch["label"], label_smoothing)
+            loss = cross_entropy(logits, batch["label"], smoothing)
             return loss.mean(), (logits, loss, updates)
 
         grads, (logits, loss, updates) = jax.grad(loss_fn, has_aux=True)(state.params)
@@ -136,8 +153,8 @@ def make_train_step(mean: float, std: float, label_smoothing: float = 0.0,
         state = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, steps),
                               opt_state=opt_state,
                               batch_stats=updates.get("batch_stats", state.batch_stats))
-        if ema_decay:
-            state = update_ema(state, ema_decay)
+        if "ema_decay" in state.hparams or ema_decay:
+            state = update_ema(state, decay)
         return state, metric_sums(logits, batch["label"], loss)
 
     return train_step

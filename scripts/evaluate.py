@@ -10,6 +10,8 @@ ensemble (the average of the members' class probabilities), and each member is r
 With several workdirs, the predictor averages their probabilities (equal weights, or weights
 fitted on the validation split), and each part is reported beside it. One workdir's evaluation
 explains its predictions too (Grad-CAM, integrated gradients and their sanity checks).
+Of a sweep (train.py --sweep), the members of one setting are evaluated: the best on validation
+unless --setting says otherwise.
 """
 
 from __future__ import annotations
@@ -28,7 +30,8 @@ def evaluate_one(args) -> tuple[dict, list[Path], Path]:
     """One workdir: its metrics, files, figures, embedding map and explanations."""
     # pylint: disable-next=import-outside-toplevel
     from fmnist_jax import evaluation, explain, similar
-    restored = evaluation.load_workdir(args.workdir[0], args.checkpoint, args.data_dir, args.tta)
+    restored = evaluation.for_setting(evaluation.load_workdir(
+        args.workdir[0], args.checkpoint, args.data_dir, args.tta), args.setting)
     result = evaluation.evaluate(restored, args.split)
     summary = evaluation.summarize(result)
     out = Path(args.output_dir or evaluation.default_output_dir(args.workdir[0], args.split))
@@ -72,6 +75,9 @@ def main(argv) -> None:
     parser.add_argument("--no-explain", action="store_true",
                         help="skip the explanations (Grad-CAM, integrated gradients and their "
                              "sanity checks on a few hundred images)")
+    parser.add_argument("--setting", type=int, metavar="K",
+                        help="of a sweep: evaluate the members of setting K (see its sweep.md); "
+                             "default the best setting, chosen on the validation split")
     cli.add_data_flag(parser)
     cli.add_tta_flag(parser, "as the run or release recorded, config.tta")
     parser.add_argument("--debug", action="store_true", help="show tracebacks of input errors")

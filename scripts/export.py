@@ -6,6 +6,9 @@ predict.py read as they read the run itself (see fmnist_jax/release.py).
   python scripts/export.py --workdir=DIR --portable-only        # add model.jaxexport to DIR only
   python scripts/export.py --workdir=RUN --out=checkpoints/pretrained/cnn --overwrite  # replace it
   python scripts/export.py --workdir=RUN --out=DIR --tta      # predicts on image and mirror
+
+Of a sweep (train.py --sweep), one member is released: the best setting's (chosen on validation)
+best member, or its member of --seed, or any --member=K.
 """
 
 from __future__ import annotations
@@ -29,6 +32,9 @@ def main(argv) -> None:
                         help="write only the portable model (model.jaxexport, model.json) into "
                              "--workdir, a run or a release, instead of a release")
     cli.add_tta_flag(parser, "as the run did; the release records it and its test accuracy")
+    parser.add_argument("--member", type=int, metavar="K",
+                        help="release member K only (of a sweep: setting K // seeds, seed "
+                             "SEED + K %% seeds)")
     parser.add_argument("--debug", action="store_true", help="show tracebacks of input errors")
     args = parser.parse_args(argv)
     if (args.out is None) != args.portable_only:
@@ -40,7 +46,7 @@ def main(argv) -> None:
               f"{sum(p.stat().st_size for p in paths) / 2**20:.1f} MiB")
         return
     record = release.export(args.workdir, args.out, args.seed, cli.command_line(),
-                            args.overwrite, args.tta)
+                            args.overwrite, args.tta, args.member)
     accuracy = ", ".join(f"{a:.2%}" for a in record["test_accuracy"])
     tta = " with flip TTA" if record["tta"] else ""
     print(f"released {record['model']} (seeds {record['seeds']}, test accuracy {accuracy}{tta}) to "

@@ -45,7 +45,8 @@ def main(argv) -> None:
     args = parser.parse_args(argv)
     # pylint: disable-next=import-outside-toplevel
     from fmnist_jax import evaluation, explain, images
-    restored = evaluation.load_workdir(args.workdir, args.checkpoint, tta=args.tta)
+    restored = evaluation.for_setting(
+        evaluation.load_workdir(args.workdir, args.checkpoint, tta=args.tta))
     results = images.classify(restored, args.images, args.top)
     if args.explain:
         for figure in explain.explain_files(restored, args.images, Path(args.explain)):

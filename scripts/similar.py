@@ -45,7 +45,8 @@ def main(argv) -> None:
         raise UserError("give image files to search for, or --precision-at-k")
     # pylint: disable-next=import-outside-toplevel
     from fmnist_jax import evaluation, images, plots, similar
-    restored = evaluation.load_workdir(args.workdir, args.checkpoint, args.data_dir)
+    restored = evaluation.for_setting(
+        evaluation.load_workdir(args.workdir, args.checkpoint, args.data_dir))
     if args.images:
         queries = np.stack([images.load_image(p) for p in args.images])
         names = [Path(p).name for p in args.images]
