@@ -73,17 +73,22 @@ def initial_states(config: ml_collections.ConfigDict, parts: Components) -> trai
     return jax.tree.map(lambda x: x.copy(), states)
 
 
-def source_commit() -> str | None:
-    """The git commit of the code (with '+dirty' when it has uncommitted changes), if known."""
-    root = config_lib.CONFIG_DIR.parent
+def source_commit(root: Path | None = None) -> tuple[str | None, str]:
+    """The git commit of the code (with '+dirty' when it has uncommitted changes) and how it was
+    found; the commit is None unless the project's root is itself the top of a git work tree (a
+    copy of the project inside another repository's folder must not record that repository's)."""
+    root = (root or config_lib.CONFIG_DIR.parent).resolve()
+    git = functools.partial(subprocess.run, cwd=root, capture_output=True, text=True, timeout=10,
+                            check=True)
     try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True,
-                                text=True, timeout=10, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
-                               capture_output=True, text=True, timeout=10, check=True).stdout
+        top = git(["git", "rev-parse", "--show-toplevel"]).stdout.strip()
+        if Path(top).resolve() != root:
+            return None, f"{root} is not a git checkout of its own (it lies inside {top})"
+        commit = git(["git", "rev-parse", "HEAD"]).stdout.strip()
+        dirty = git(["git", "status", "--porcelain", "--untracked-files=no"]).stdout
     except (OSError, subprocess.SubprocessError):
-        return None
-    return commit + ("+dirty" if dirty.strip() else "")
+        return None, f"{root} is not a git checkout (or git is not installed)"
+    return commit + ("+dirty" if dirty.strip() else ""), f"git HEAD of {root}"
 
 
 def device_description() -> str:
@@ -106,9 +111,10 @@ def environment() -> dict[str, Any]:
     import flax  # pylint: disable=import-outside-toplevel
     import orbax.checkpoint  # pylint: disable=import-outside-toplevel
     device = jax.devices()[0]
+    commit, commit_note = source_commit()
     return {"platform": device.platform, "device_kind": device.device_kind,
             "device_count": jax.device_count(), "process_count": jax.process_count(),
-            "device": device_description(), "commit": source_commit(),
+            "device": device_description(), "commit": commit, "commit_note": commit_note,
             "versions": {"jax": jax.__version__, "jaxlib": jax.lib.__version__,
                          "flax": flax.__version__, "optax": optax.__version__,
                          "orbax-checkpoint": orbax.checkpoint.__version__,
