@@ -40,7 +40,7 @@ from fmnist_jax.models import create_model, param_count
 # from, and implementation choices that compute the same function (a model field the stored config
 # predates reads as None).
 RESUMABLE_CHANGES = ("epochs", "data.dir", "checkpoints_to_keep", "epoch_mode", "scan_unroll",
-                     "model.conv_impl", "model.pool_impl")
+                     "model.conv_impl", "model.pool_impl", "member_strategy")
 PROGRESS_EVERY = 25  # steps between reads of the running loss for the progress bar
 
 
@@ -261,7 +261,8 @@ class Trainer:
         self.mode = "scan" if config.epoch_mode == "auto" else config.epoch_mode
         step = train_lib.make_train_step(dataset.mean, dataset.std, config.label_smoothing,
                                          config.augment.to_dict(), config.ema_decay)
-        self.span = train_lib.make_train_span(step, self.num_members, config.scan_unroll, layout)
+        self.span = train_lib.make_train_span(step, self.num_members, config.scan_unroll, layout,
+                                              config.member_strategy)
         self.predict = train_lib.make_predict(parts.model, dataset.mean, dataset.std,
                                               config.eval_batch_size)
         self.end_of_epoch = train_lib.make_end_of_epoch(
