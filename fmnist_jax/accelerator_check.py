@@ -206,6 +206,8 @@ STEPS: dict[str, Callable[[Check, float], Iterator[dict[str, Any]]]] = {
 
 
 def _rows(head: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    if not rows:
+        return ["not run (see Steps)"]
     return ["| " + " | ".join(head) + " |", "|" + "---|" * len(head),
             *("| " + " | ".join(row) + " |" for row in rows)]
 
