@@ -9,6 +9,7 @@ least `min_epochs` and `min_seconds` are done, and times evaluation of the 10,00
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import resource
@@ -24,6 +25,7 @@ import ml_collections
 
 from fmnist_jax import config as config_lib
 from fmnist_jax import data, run, sharding
+from fmnist_jax import flops as flops_lib
 from fmnist_jax import train as train_lib
 from fmnist_jax.errors import ConfigError
 from fmnist_jax.models import layers
@@ -42,20 +44,6 @@ CASES: dict[str, tuple[str, dict[str, Any]]] = {
     "lstm": ("lstm", {}),
     "resnet": ("resnet", {}),
 }
-
-# Train images/s measured on the 2-core CPU of issue 5 (PyTorch 2.13 and Keras/TF 2.21, 2 threads),
-# the targets set there, and PyTorch's evaluation speed where it was measured (eval target: 3x).
-REFERENCE: dict[str, dict[str, float]] = {
-    "mlp": {"pytorch": 21.7e3, "target": 33e3},
-    "mlp_128_64": {"pytorch": 53.2e3, "keras": 30.5e3, "target": 110e3},
-    "cnn": {"pytorch": 2.6e3, "target": 5e3, "pytorch_eval": 4.2e3},
-    "cnn_deep": {"pytorch": 1.7e3, "target": 1.7e3},
-    "cnn_s003": {"pytorch": 3.9e3, "keras": 9.4e3, "target": 9.4e3},
-    "lstm": {"pytorch": 7.1e3, "keras": 6.2e3, "target": 10.7e3},
-}
-EVAL_FACTOR = 3.0  # evaluation must beat PyTorch's by this factor
-LOOP_MARK = "*"
-
 
 @dataclasses.dataclass(frozen=True)
 class Settings:
@@ -126,10 +114,14 @@ def measure(case: str, seeds: int, mode: str, settings: Settings) -> dict[str, A
     trainer, states, dataset = _trainer(config)
     acc = train_lib.init_accumulator(seeds)
     trainer.compile(states, acc)
-    step = trainer.span.lower(*trainer.layout.put_members((states, acc)), trainer.images,
-                              trainer.labels, trainer.permutations(0), 0, 0,
-                              trainer.keys["dropout"], length=1)
-    flops = step.cost_analysis()["flops"] / (config.batch_size * seeds)
+    on_devices = trainer.layout.put_members((states, acc))
+    span_args = (*on_devices, trainer.images, trainer.labels, trainer.permutations(0), 0, 0,
+                 trainer.keys["dropout"])
+    images_per_step = config.batch_size * seeds
+    flops = flops_lib.count(functools.partial(trainer.span, length=1), *span_args)
+    flops /= images_per_step
+    xla = flops_lib.xla_flops(trainer.span.lower(*span_args, length=1))  # no second compile
+    peak = flops_lib.device_peak(config.compute_dtype)
 
     def epoch(index: int) -> None:
         nonlocal states
@@ -158,7 +150,13 @@ def measure(case: str, seeds: int, mode: str, settings: Settings) -> dict[str, A
         "train_images_per_second_best": images_per_epoch / min(seconds),
         "eval_images_per_second": eval_seconds and len(test) * seeds / eval_seconds,
         "flops_per_image": flops, "gflops_per_second": flops * train_ips / 1e9,
-        "flops_loop_bodies_once": "stablehlo.while" in step.as_text(),  # XLA counts them once
+        "flops_source": "jaxpr: 2 x multiply-adds of matrix products and convolutions",
+        "xla_flops_per_image": xla and xla / images_per_step,  # cost analysis; None on some
+        "eval_flops_per_image": flops_lib.forward_flops_per_image(trainer.parts.model),
+        "fraction_of_peak": flops * train_ips / peak.flops_per_second,
+        "peak_tflops": peak.flops_per_second / 1e12, "peak_precision": peak.precision,
+        "peak_source": peak.source, "compute_dtype": config.compute_dtype,
+        "member_strategy": train_lib.resolve_member_strategy(config.member_strategy, seeds),
         "peak_host_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "peak_device_mib": memory.get("peak_bytes_in_use", 0) / 2**20 or None,
         "device": run.device_description(), "xla_flags": os.environ.get("XLA_FLAGS", ""),
@@ -166,16 +164,18 @@ def measure(case: str, seeds: int, mode: str, settings: Settings) -> dict[str, A
     }
 
 
-def measure_in_subprocess(case: str, seeds: int, mode: str, settings: Settings) -> dict[str, Any]:
+def measure_in_subprocess(case: str, seeds: int, mode: str, settings: Settings,
+                          timeout: float | None = None) -> dict[str, Any]:
     """`measure` in a fresh Python process: its own peak memory, nothing carried over from the last.
 
     A plain subprocess (`python -m fmnist_jax.benchmark`) rather than a multiprocessing pool:
     nothing to pickle, no pool left behind, the child's errors reach the terminal, and its result
-    comes back as one JSON line.
+    comes back as one JSON line. Past `timeout` seconds the child is killed and
+    `subprocess.TimeoutExpired` raised.
     """
     request = json.dumps([case, seeds, mode, dataclasses.asdict(settings)])
     done = subprocess.run([sys.executable, "-m", "fmnist_jax.benchmark", request], check=False,
-                          stdout=subprocess.PIPE, text=True)
+                          stdout=subprocess.PIPE, text=True, timeout=timeout)
     if done.returncode:
         raise RuntimeError(f"measuring {case} with {seeds} seed(s) failed (exit {done.returncode})")
     return json.loads(done.stdout.splitlines()[-1])
@@ -190,46 +190,31 @@ def run_all(cases: Sequence[str], seeds: Sequence[int], modes: Sequence[str],
                 yield measure_in_subprocess(case, n, mode, settings)
 
 
-def _targets(r: dict[str, Any]) -> tuple[str, str]:
-    ref = REFERENCE.get(r["model"], {})
-    train = eval_ = "-"
-    if "target" in ref:
-        met = r["train_images_per_second"] >= ref["target"]
-        train = f"{ref['target'] / 1e3:.1f}k {'met' if met else 'NOT met'}"
-    if "pytorch_eval" in ref and r["eval_images_per_second"]:
-        goal = EVAL_FACTOR * ref["pytorch_eval"]
-        eval_ = f"{goal / 1e3:.1f}k {'met' if r['eval_images_per_second'] >= goal else 'NOT met'}"
-    return train, eval_
-
-
 def format_rate(images_per_second: float | None) -> str:
     return f"{images_per_second:,.0f}" if images_per_second else "-"
 
 
 def table(results: Sequence[dict[str, Any]]) -> str:
-    """The results as a fixed-width table, with the reference figures and targets."""
-    head = ("model", "batch", "seeds", "mode", "compile s", "train img/s", "PyTorch", "Keras",
-            "target", "eval img/s", "eval target", "MFLOP/img", "GFLOP/s", "peak MiB")
+    """The results as a fixed-width table: what was measured here, and nothing else."""
+    head = ("model", "batch", "seeds", "members", "dtype", "compile s", "train img/s",
+            "eval img/s", "MFLOP/img", "GFLOP/s", "% of peak", "peak MiB")
     rows = [head]
     for r in results:
-        ref = REFERENCE.get(r["model"], {})
-        train_target, eval_target = _targets(r)
         rows.append((
-            r["model"], str(r["batch_size"]), str(r["seeds"]), r["mode"],
-            f"{r['compile_seconds']:.1f}", f"{r['train_images_per_second']:,.0f}",
-            f"{ref['pytorch']:,.0f}" if "pytorch" in ref else "-",
-            f"{ref['keras']:,.0f}" if "keras" in ref else "-", train_target,
-            format_rate(r["eval_images_per_second"]), eval_target,
-            f"{r['flops_per_image'] / 1e6:.1f}" + LOOP_MARK * r["flops_loop_bodies_once"],
-            f"{r['gflops_per_second']:.1f}" + LOOP_MARK * r["flops_loop_bodies_once"],
+            r["model"], str(r["batch_size"]), str(r["seeds"]), r["member_strategy"],
+            r["compute_dtype"], f"{r['compile_seconds']:.1f}",
+            f"{r['train_images_per_second']:,.0f}", format_rate(r["eval_images_per_second"]),
+            f"{r['flops_per_image'] / 1e6:.1f}", f"{r['gflops_per_second']:.1f}",
+            f"{100 * r['fraction_of_peak']:.1f}",
             f"{r['peak_host_mib']:,.0f}" + (f" / {r['peak_device_mib']:,.0f} dev"
                                             if r["peak_device_mib"] else "")))
     widths = [max(len(row[i]) for row in rows) for i in range(len(head))]
     lines = [" | ".join(cell.ljust(w) for cell, w in zip(row, widths)) for row in rows]
     lines.insert(1, "-+-".join("-" * w for w in widths))
-    if any(r["flops_loop_bodies_once"] for r in results):
-        lines.append(f"{LOOP_MARK} XLA's cost analysis counts a while loop's body once (the lstm's "
-                     f"timesteps count as one): a lower bound")
+    lines.append("MFLOP/img: training FLOPs per image (2 x multiply-adds of matrix products and "
+                 "convolutions, counted from the step's jaxpr); % of peak: of " +
+                 "; ".join(sorted({f"{r['peak_tflops']:.3g} TFLOP/s ({r['peak_precision']}; "
+                                   f"{r['peak_source']})" for r in results})))
     return "\n".join(lines)
 
 

@@ -15,6 +15,7 @@ import ml_collections
 from fmnist_jax.errors import ConfigError
 from fmnist_jax.models import COMPUTE_DTYPES, MODELS
 from fmnist_jax.models.layers import CONV_IMPLS, POOL_IMPLS
+from fmnist_jax.train import MEMBER_STRATEGIES
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 OPTIMIZERS = ("adam", "adamw", "sgd")
@@ -69,6 +70,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.schedule.plateau_patience = 2
     c.schedule.plateau_min_factor = 0.01
 
+    c.member_strategy = "auto"  # several seeds: vmap (side by side) or map (one after another)
     c.epoch_mode = "auto"  # loop: one jitted step per batch; scan (auto): one dispatch per epoch
     c.scan_unroll = 1
     c.checkpoints_to_keep = 2
@@ -207,6 +209,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
     for field, valid in (("conv_impl", CONV_IMPLS), ("pool_impl", POOL_IMPLS)):
         _require(config.model.get(field, "auto") in valid,
                  f"unknown model.{field} {config.model.get(field)!r}; valid: {', '.join(valid)}")
+    _require(config.member_strategy in MEMBER_STRATEGIES,
+             f"unknown member_strategy {config.member_strategy!r}; valid: "
+             f"{', '.join(MEMBER_STRATEGIES)}")
     _require(config.epoch_mode in EPOCH_MODES,
              f"unknown epoch_mode {config.epoch_mode!r}; valid: {', '.join(EPOCH_MODES)}")
     _require(config.checkpoints_to_keep >= 1, "config.checkpoints_to_keep must be >= 1")

@@ -41,7 +41,7 @@ from fmnist_jax.models import create_model, param_count
 # from, and implementation choices that compute the same function (a model field the stored config
 # predates reads as None).
 RESUMABLE_CHANGES = ("epochs", "data.dir", "checkpoints_to_keep", "epoch_mode", "scan_unroll",
-                     "model.conv_impl", "model.pool_impl")
+                     "model.conv_impl", "model.pool_impl", "member_strategy")
 PROGRESS_EVERY = 25  # steps between reads of the running loss for the progress bar
 
 
@@ -78,17 +78,22 @@ def initial_states(config: ml_collections.ConfigDict, parts: Components) -> trai
     return jax.tree.map(lambda x: x.copy(), states)
 
 
-def source_commit() -> str | None:
-    """The git commit of the code (with '+dirty' when it has uncommitted changes), if known."""
-    root = config_lib.CONFIG_DIR.parent
+def source_commit(root: Path | None = None) -> tuple[str | None, str]:
+    """The git commit of the code (with '+dirty' when it has uncommitted changes) and how it was
+    found; the commit is None unless the project's root is itself the top of a git work tree (a
+    copy of the project inside another repository's folder must not record that repository's)."""
+    root = (root or config_lib.CONFIG_DIR.parent).resolve()
+    git = functools.partial(subprocess.run, cwd=root, capture_output=True, text=True, timeout=10,
+                            check=True)
     try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True,
-                                text=True, timeout=10, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
-                               capture_output=True, text=True, timeout=10, check=True).stdout
+        top = git(["git", "rev-parse", "--show-toplevel"]).stdout.strip()
+        if Path(top).resolve() != root:
+            return None, f"{root} is not a git checkout of its own (it lies inside {top})"
+        commit = git(["git", "rev-parse", "HEAD"]).stdout.strip()
+        dirty = git(["git", "status", "--porcelain", "--untracked-files=no"]).stdout
     except (OSError, subprocess.SubprocessError):
-        return None
-    return commit + ("+dirty" if dirty.strip() else "")
+        return None, f"{root} is not a git checkout (or git is not installed)"
+    return commit + ("+dirty" if dirty.strip() else ""), f"git HEAD of {root}"
 
 
 def device_description() -> str:
@@ -111,9 +116,10 @@ def environment() -> dict[str, Any]:
     import flax  # pylint: disable=import-outside-toplevel
     import orbax.checkpoint  # pylint: disable=import-outside-toplevel
     device = jax.devices()[0]
+    commit, commit_note = source_commit()
     return {"platform": device.platform, "device_kind": device.device_kind,
             "device_count": jax.device_count(), "process_count": jax.process_count(),
-            "device": device_description(), "commit": source_commit(),
+            "device": device_description(), "commit": commit, "commit_note": commit_note,
             "versions": {"jax": jax.__version__, "jaxlib": jax.lib.__version__,
                          "flax": flax.__version__, "optax": optax.__version__,
                          "orbax-checkpoint": orbax.checkpoint.__version__,
@@ -260,7 +266,8 @@ class Trainer:
         self.mode = "scan" if config.epoch_mode == "auto" else config.epoch_mode
         step = train_lib.make_train_step(dataset.mean, dataset.std, config.label_smoothing,
                                          config.augment.to_dict(), config.ema_decay)
-        self.span = train_lib.make_train_span(step, self.num_members, config.scan_unroll, layout)
+        self.span = train_lib.make_train_span(step, self.num_members, config.scan_unroll, layout,
+                                              config.member_strategy)
         self.predict = train_lib.make_predict(parts.model, dataset.mean, dataset.std,
                                               config.eval_batch_size, tta=config.tta)
         self.end_of_epoch = train_lib.make_end_of_epoch(

@@ -180,17 +180,42 @@ def _member_update(train_step, state, acc, images, labels, index, dropout_key, g
     return new_state, acc
 
 
+MEMBER_STRATEGIES = ("auto", "vmap", "map")
+# backend -> what 'auto' runs with several members. 'vmap': side by side in one batched program;
+# 'map': one after another inside the step (`lax.map`), for a member that fills the device alone.
+# CPU: today's choice (with conv_impl 'matmul' vmap trains 4 cnn seeds at full speed; see
+# models/layers.py). GPU and TPU: today's choice, awaiting measurement: the accelerator check
+# (`scripts/benchmark.py --suite=accelerator`) times every strategy and conv_impl with 1, 4 and 8
+# members, and this table takes its winners (docs/performance.md).
+AUTO_MEMBER_STRATEGY = {"cpu": "vmap", "gpu": "vmap", "tpu": "vmap"}
+
+
+def resolve_member_strategy(strategy: str, num_members: int) -> str:
+    """How `num_members` members train: 'single' for one, else the strategy ('auto' resolved)."""
+    if num_members == 1:
+        return "single"
+    if strategy == "auto":
+        return AUTO_MEMBER_STRATEGY.get(jax.default_backend(), "vmap")
+    return strategy
+
+
 def make_train_span(train_step: Callable, num_members: int, unroll: int = 1,
-                    layout: sharding.Layout | None = None):
+                    layout: sharding.Layout | None = None, member_strategy: str = "auto"):
     """`span(states, acc, images, labels, perms, first, global_first, dropout_keys, length)`.
 
     Runs `length` steps from position `first` of the epoch's permutations `perms` `[S, steps, B]`:
     one step when `length` is 1 (the per-batch loop), else a `lax.scan` (one dispatch per epoch).
-    With a `layout`, each step's batch is split over its mesh and the states and sums come back
-    with the layout's member sharding.
+    Several members step side by side (`vmap`) or one after another (`map`), as
+    `resolve_member_strategy` says. With a `layout`, each step's batch is split over its mesh and
+    the states and sums come back with the layout's member sharding.
     """
     member = functools.partial(_member_update, train_step)
-    if num_members == 1:
+    strategy = resolve_member_strategy(member_strategy, num_members)
+    if strategy == "map":
+        def step_all(states, acc, images, labels, index, keys, global_step):
+            return jax.lax.map(lambda m: member(m[0], m[1], images, labels, m[2], m[3],
+                                                global_step), (states, acc, index, keys))
+    elif strategy == "single":
         def step_all(states, acc, images, labels, index, keys, global_step):
             squeeze = functools.partial(jax.tree.map, lambda x: x[0])
             state, a = member(squeeze(states), squeeze(acc), images, labels, index[0],

@@ -177,21 +177,23 @@ def test_benchmark_cases_are_valid_configs():
 
 
 def fake_result(model: str, seeds: int, epoch_seconds: float) -> dict:
-    return {"model": model, "seeds": seeds, "mode": "loop", "batch_size": 64,
+    return {"model": model, "seeds": seeds, "mode": "scan", "batch_size": 64,
+            "member_strategy": "vmap" if seeds > 1 else "single", "compute_dtype": "float32",
             "compile_seconds": 1.0, "epoch_seconds": epoch_seconds,
             "train_images_per_second": 6000.0 * seeds / epoch_seconds,
             "eval_images_per_second": 20000.0, "flops_per_image": 2.4e7,
-            "gflops_per_second": 144.0, "flops_loop_bodies_once": model == "lstm",
+            "gflops_per_second": 144.0, "fraction_of_peak": 0.012, "peak_tflops": 12.0,
+            "peak_precision": "float32 2048x2048 matmul, measured", "peak_source": "measured here",
             "peak_host_mib": 900.0, "peak_device_mib": None}
 
 
-def test_benchmark_tables_show_targets_and_seed_scaling():
+def test_benchmark_tables_show_measurements_and_seed_scaling():
     results = [fake_result("cnn", 1, 1.0), fake_result("cnn", 4, 3.0)]
     text = benchmark.table(results)
-    assert "5.0k met" in text and "12.6k met" in text and "2,600" in text
-    assert "NOT met" in benchmark.table([fake_result("cnn", 1, 10.0)])
-    assert "counts a while loop's body once" in benchmark.table([fake_result("lstm", 1, 1.0)])
+    assert "met" not in text and "PyTorch" not in text  # only what was measured where it ran
+    assert "| 6,000 " in text and "| 8,000 " in text and "| 1.2 " in text  # % of peak
+    assert "12 TFLOP/s (float32 2048x2048 matmul, measured" in text
     untimed = benchmark.table([{**fake_result("cnn", 1, 1.0), "eval_images_per_second": None}])
-    assert "12.6k" not in untimed and "| -" in untimed.splitlines()[-1]
+    assert "20,000" not in untimed and "| -" in untimed.splitlines()[2]
     scaling = benchmark.seed_scaling(results).splitlines()
     assert scaling[1].endswith("1.000") and scaling[2].endswith("0.750")
