@@ -43,7 +43,7 @@ def probabilities_function(restored: Restored):
     `restored`'s weights as constants; with flip TTA (`train.flip_tta`), each member averages an
     image and its mirror."""
     from fmnist_jax import train as train_lib  # pylint: disable=import-outside-toplevel
-    stats = restored.meta["data"]
+    stats, tta = restored.meta["data"], restored.tta
 
     def member(weights, images):
         params, batch_stats = weights
@@ -53,7 +53,7 @@ def probabilities_function(restored: Restored):
                                         train_lib.normalize(x, stats["mean"], stats["std"]),
                                         train=False)
 
-        if restored.tta:
+        if tta:
             forward = train_lib.flip_tta(forward)
         return jax.nn.softmax(forward(images).astype(jnp.float32))
 

@@ -65,7 +65,8 @@ def test_export_into_a_release_of_another_model_is_refused_without_overwrite(mlp
 
 
 @pytest.mark.parametrize("make_out, why", [
-    pytest.param(lambda tmp, trained: trained, "has no release.json", id="training-workdir"),
+    pytest.param(lambda tmp, trained: trained,  # its TensorBoard events (the test extra)
+                 "holds tensorboard, which a release does not", id="training-workdir"),
     pytest.param(lambda tmp, trained: _unrelated_files(tmp),
                  "holds notes.txt, shirt.png, which a release does not", id="unrelated-files"),
     pytest.param(lambda tmp, trained: _release_with_evaluation(tmp),
