@@ -308,7 +308,8 @@ def test_bad_flag_or_config_fails_with_one_clear_line(make_args, expected, place
 
 SCRIPTS = sorted(path.stem for path in (runs.ROOT / "scripts").glob("*.py"))
 REQUIRED = {"compare": ("DIR",), "evaluate": ("--workdir=W",), "export": ("--workdir=W", "--out=O"),
-            "predict": ("--workdir=W", "shirt.png")}
+            "predict": ("--workdir=W", "shirt.png"), "serve": ("--workdir=W",),
+            "similar": ("--workdir=W",)}
 
 
 @pytest.mark.parametrize("script", SCRIPTS)
