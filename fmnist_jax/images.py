@@ -98,8 +98,9 @@ def read_image(source: str | Path | IO[bytes], name: str | None = None,
     except FileNotFoundError:
         raise ImageFileError(f"{name}: no such file") from None
     except (UnidentifiedImageError, OSError, ValueError) as e:
+        detail = str(e).replace(repr(source), repr(name))[:120]  # a file object by its name
         raise ImageFileError(f"{name}: not an image that can be read "
-                             f"({type(e).__name__}: {str(e)[:120]})") from None
+                             f"({type(e).__name__}: {detail})") from None
 
 
 def _border(x: np.ndarray) -> np.ndarray:

@@ -385,7 +385,7 @@ def create_app(model: portable.Portable, max_batch: int = BATCH_SIZES[-1],
             with contextlib.suppress(asyncio.CancelledError):
                 await task
             batcher.executor.shutdown(wait=True)
-            print(f"stopped after {predictor.served} images", flush=True)
+            print(f"stopped after {predictor.served} image(s)", flush=True)
 
     routes = [Route("/", lambda _: FileResponse(STATIC / "index.html")),
               Route("/healthz", lambda _: JSONResponse({"status": "ok"})),
