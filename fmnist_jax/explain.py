@@ -307,15 +307,10 @@ def explain_evaluation(evaluation: Evaluation, out: Path, seed: int = 0,
 
 def explain_files(restored: Restored, paths: Sequence[str | Path], out: Path) -> list[Path]:
     """The figures of `write_figures` for image files (those that can be read); the paths."""
-    readable, inputs = [], []
-    for path in paths:
-        try:
-            inputs.append(images_lib.load_image(path))
-            readable.append(Path(path).name)
-        except images_lib.ImageFileError:
-            continue  # classify() reports it
+    results, inputs = images_lib.load_images(paths)  # classify() reports the unreadable ones
     if not inputs:
         return []
+    readable = [Path(r["file"]).name for r in results if "error" not in r]
     stacked = np.stack(inputs)
     return write_figures(Explainer.from_restored(restored), stacked, None,
                          restored.probabilities(stacked).mean(0), readable,

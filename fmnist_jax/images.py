@@ -145,11 +145,9 @@ def top_classes(probabilities: np.ndarray, class_names: Sequence[str], k: int) -
             for i in order]
 
 
-def classify(restored: Restored, paths: Sequence[str | Path], k: int = 3) -> list[dict[str, Any]]:
-    """Per file: its top-`k` classes (of the ensemble when several members), or its error.
-
-    Every readable file goes through one compiled pass.
-    """
+def load_images(paths: Sequence[str | Path]) -> tuple[list[dict[str, Any]], list[np.ndarray]]:
+    """Per file `{"file": path}`, with its `"error"` when it cannot be read; and the model inputs
+    `[28, 28, 1]` of the readable files, in order."""
     results: list[dict[str, Any]] = []
     inputs = []
     for path in paths:
@@ -158,6 +156,15 @@ def classify(restored: Restored, paths: Sequence[str | Path], k: int = 3) -> lis
             results.append({"file": str(path)})
         except ImageFileError as e:
             results.append({"file": str(path), "error": str(e)})
+    return results, inputs
+
+
+def classify(restored: Restored, paths: Sequence[str | Path], k: int = 3) -> list[dict[str, Any]]:
+    """Per file: its top-`k` classes (of the ensemble when several members), or its error.
+
+    Every readable file goes through one compiled pass.
+    """
+    results, inputs = load_images(paths)
     if inputs:
         probabilities = iter(restored.probabilities(np.stack(inputs)).mean(0))
         for result in results:

@@ -3,8 +3,9 @@
 A release is a workdir in the same layout (`config.json`, `metrics.jsonl`, `summary.json`,
 `checkpoints/<step>/`), whose one checkpoint holds each member's best weights only (no optimizer
 state, no resumable position), so that `evaluate.py` and `predict.py` work on it as on the run it
-came from, at a fraction of the size, with its portable model (`model.jaxexport`, `portable.py`). `release.json` records how it was made: the training and
-export commands, the code commit, seeds, device, training time and test metrics.
+came from, at a fraction of the size, with its portable model (`model.jaxexport`, `portable.py`).
+`release.json` records how it was made: the training and export commands, the code commit, seeds,
+device, training time and test metrics.
 """
 
 from __future__ import annotations
