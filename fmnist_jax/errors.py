@@ -23,3 +23,9 @@ class TrainingDiverged(Exception):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
 
     exit_code = 3
+
+
+class DamagedRun(UserError):
+    """A workdir whose own files are damaged (e.g. a garbled line of metrics.jsonl)."""
+
+    exit_code = 3
