@@ -230,14 +230,17 @@ def epoch_record(epoch: int, train: dict, val: dict, lr: np.ndarray, active: np.
 
 
 def _truncate_metrics(workdir: Path, completed_epochs: int) -> None:
-    """Drops lines of epochs after the checkpoint a resumed run starts from (atomically)."""
+    """Drops lines of epochs after the checkpoint a resumed run starts from (atomically); refuses a
+    history that lacks some of the checkpoint's epochs."""
     path = workdir / "metrics.jsonl"
-    if path.exists() and sharding.is_primary():
-        kept = [r for r in read_history(workdir) if r["epoch"] <= completed_epochs]
-        if len(kept) < completed_epochs:
-            raise DamagedRun(f"{path} holds {len(kept)} epoch(s) but the checkpoint has "
-                             f"{completed_epochs}; restore the file from a copy, or train again "
-                             f"in a new --workdir")
+    if not sharding.is_primary():
+        return
+    kept = [r for r in read_history(workdir) if r["epoch"] <= completed_epochs]
+    if len(kept) < completed_epochs:
+        raise DamagedRun(f"{path} holds {len(kept)} epoch(s) but the checkpoint has "
+                         f"{completed_epochs}; restore the file from a copy, or train again "
+                         f"in a new --workdir")
+    if path.exists():
         path.with_suffix(".tmp").write_text("".join(json.dumps(r) + "\n" for r in kept))
         path.with_suffix(".tmp").replace(path)
 
