@@ -7,6 +7,7 @@ import difflib
 import os
 import shlex
 import sys
+import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
@@ -154,6 +155,63 @@ def add_tta_flag(parser: argparse.ArgumentParser, default_text: str) -> None:
     parser.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
                         help=f"average the class probabilities of each image and its mirror "
                              f"(default: {default_text})")
+
+
+def whole_number(low: int, high: int | None = None) -> Callable[[str], int]:
+    """An argparse `type`: a whole number from `low` to `high` (None: no upper bound)."""
+    allowed = f"from {low} to {high}" if high is not None else f"of {low} or more"
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or value < low or (high is not None and value > high):
+            raise argparse.ArgumentTypeError(f"must be a whole number {allowed}, got {text!r}")
+        return value
+
+    return parse
+
+
+def _writable_place(path: Path) -> None:
+    """Refuses a path whose nearest existing folder cannot take new files (probed, nothing left)."""
+    parent = next(p for p in path.absolute().parents if p.exists())
+    if not parent.is_dir():
+        raise argparse.ArgumentTypeError(f"{path} lies under {parent}, which is a file; give a path "
+                                         f"in a folder")
+    try:
+        tempfile.TemporaryDirectory(dir=parent).cleanup()
+    except OSError as e:
+        raise argparse.ArgumentTypeError(f"cannot write in {parent} ({e.strerror}); give a "
+                                         f"writable path") from None
+
+
+def output_dir(text: str) -> Path:
+    """An argparse `type`: a folder to write into, existing or to be made (checked, not made)."""
+    path = Path(text)
+    if path.exists() and not path.is_dir():
+        raise argparse.ArgumentTypeError(f"{path} is a file, not a folder; give a folder to "
+                                         f"write into")
+    _writable_place(path / "probe")
+    return path
+
+
+def output_file(text: str) -> Path:
+    """An argparse `type`: a file (or file prefix) to write, in a folder existing or to be made."""
+    path = Path(text)
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f"{path} is a folder; give a file name")
+    _writable_place(path)
+    return path
+
+
+def refuse_together(parser: argparse.ArgumentParser, args: argparse.Namespace, flag: str,
+                    others: Sequence[str], why: str) -> None:
+    """Refuses `flag` given together with any of the `others` (argparse destinations), which it
+    contradicts; `why` says what `flag` does instead."""
+    given = [f"--{o.replace('_', '-')}" for o in others if getattr(args, o) not in (None, False)]
+    if getattr(args, flag.lstrip("-").replace("-", "_")) and given:
+        parser.error(f"{flag} cannot be combined with {', '.join(given)}: {why}")
 
 
 def main_guard(main: Callable[[Sequence[str]], None], argv: Sequence[str] | None = None) -> None:
