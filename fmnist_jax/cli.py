@@ -173,17 +173,19 @@ def whole_number(low: int, high: int | None = None) -> Callable[[str], int]:
     return parse
 
 
-def _writable_place(path: Path) -> None:
-    """Refuses a path whose nearest existing folder cannot take new files (probed, nothing left)."""
-    parent = next(p for p in path.absolute().parents if p.exists())
-    if not parent.is_dir():
-        raise argparse.ArgumentTypeError(f"{path} lies under {parent}, which is a file; give a path "
-                                         f"in a folder")
+def _writable_place(path: Path, folder: Path) -> None:
+    """Refuses `path` unless `folder`, or its nearest existing parent, is a folder that can take
+    new files (probed; nothing is left behind)."""
+    folder = folder.absolute()
+    nearest = next(p for p in (folder, *folder.parents) if p.exists())
+    if not nearest.is_dir():
+        raise argparse.ArgumentTypeError(f"{path} lies under {nearest}, which is a file; give a "
+                                         f"path in a folder")
     try:
-        tempfile.TemporaryDirectory(dir=parent).cleanup()
+        tempfile.TemporaryDirectory(dir=nearest).cleanup()
     except OSError as e:
-        raise argparse.ArgumentTypeError(f"cannot write in {parent} ({e.strerror}); give a "
-                                         f"writable path") from None
+        raise argparse.ArgumentTypeError(f"{path}: cannot write in {nearest} ({e.strerror}); "
+                                         f"give a writable path") from None
 
 
 def output_dir(text: str) -> Path:
@@ -192,7 +194,7 @@ def output_dir(text: str) -> Path:
     if path.exists() and not path.is_dir():
         raise argparse.ArgumentTypeError(f"{path} is a file, not a folder; give a folder to "
                                          f"write into")
-    _writable_place(path / "probe")
+    _writable_place(path, path)
     return path
 
 
@@ -201,7 +203,7 @@ def output_file(text: str) -> Path:
     path = Path(text)
     if path.is_dir():
         raise argparse.ArgumentTypeError(f"{path} is a folder; give a file name")
-    _writable_place(path)
+    _writable_place(path, path.parent)
     return path
 
 

@@ -55,7 +55,6 @@ MAX_IMAGES = 128  # per request
 MAX_IMAGE_BYTES = 8 * 2**20  # per image file
 MAX_IMAGE_PIXELS = 6000 * 6000
 MAX_REQUEST_BYTES = 32 * 2**20
-MAX_TOP = 10
 INLINE_DECODE_PIXELS = 256 * 256  # smaller images are decoded in the event loop, larger in a thread
 KEEP_ALIVE_SECONDS = 75  # idle connections kept open: clients that reuse them never race a close
 
@@ -314,10 +313,9 @@ def _check_count(count: int, where: str) -> None:
 
 
 def _top(request: Request, classes: int) -> int:
-    text = request.query_params.get("top", "3")
-    if not text.isdigit() or not 1 <= int(text) <= min(MAX_TOP, classes):
-        raise RequestError(400, f"top must be a whole number from 1 to {min(MAX_TOP, classes)}, "
-                                f"got {text!r}")
+    text, most = request.query_params.get("top", "3"), min(images.MAX_TOP, classes)
+    if not text.isdigit() or not 1 <= int(text) <= most:
+        raise RequestError(400, f"top must be a whole number from 1 to {most}, got {text!r}")
     return int(text)
 
 
