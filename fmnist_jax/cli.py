@@ -210,10 +210,13 @@ def output_file(text: str) -> Path:
 def refuse_together(parser: argparse.ArgumentParser, args: argparse.Namespace, flag: str,
                     others: Sequence[str], why: str) -> None:
     """Refuses `flag` given together with any of the `others` (argparse destinations), which it
-    contradicts; `why` says what `flag` does instead."""
-    given = [f"--{o.replace('_', '-')}" for o in others if getattr(args, o) not in (None, False)]
-    if getattr(args, flag.lstrip("-").replace("-", "_")) and given:
-        parser.error(f"{flag} cannot be combined with {', '.join(given)}: {why}")
+    contradicts; `why` says what `flag` does instead. A flag is given when it is off its default."""
+    def given(dest: str) -> bool:
+        return getattr(args, dest) != parser.get_default(dest)
+
+    clashing = [f"--{o.replace('_', '-')}" for o in others if given(o)]
+    if given(flag.lstrip("-").replace("-", "_")) and clashing:
+        parser.error(f"{flag} cannot be combined with {', '.join(clashing)}: {why}")
 
 
 def main_guard(main: Callable[[Sequence[str]], None], argv: Sequence[str] | None = None) -> None:

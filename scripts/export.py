@@ -39,6 +39,10 @@ def main(argv) -> None:
     args = parser.parse_args(argv)
     if (args.out is None) != args.portable_only:
         parser.error("give either --out=DIR (a release) or --portable-only")
+    cli.refuse_together(parser, args, "--member", ["seed"],
+                        "it names the member itself; give one of them")
+    cli.refuse_together(parser, args, "--portable-only", ["seed", "member", "overwrite", "tta"],
+                        "it exports the model of --workdir as it is, into --workdir")
     from fmnist_jax import release  # pylint: disable=import-outside-toplevel
     if args.portable_only:
         paths = release.write_portable(args.workdir)
