@@ -32,7 +32,7 @@ def main(argv) -> None:
                         help="write only the portable model (model.jaxexport, model.json) into "
                              "--workdir, a run or a release, instead of a release")
     cli.add_tta_flag(parser, "as the run did; the release records it and its test accuracy")
-    parser.add_argument("--member", type=int, metavar="K",
+    parser.add_argument("--member", type=cli.whole_number(0), metavar="K",
                         help="release member K only (of a sweep: setting K // seeds, seed "
                              "SEED + K %% seeds)")
     parser.add_argument("--debug", action="store_true", help="show tracebacks of input errors")
