@@ -46,7 +46,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 import fmnist_jax
 from fmnist_jax import images, portable
-from fmnist_jax.errors import UserError
+from fmnist_jax.errors import UserError, reading
 
 STATIC = Path(__file__).resolve().parent / "static"
 SHAPE = (images.SIZE, images.SIZE, 1)
@@ -400,9 +400,11 @@ def create_app(model: portable.Portable, max_batch: int = BATCH_SIZES[-1],
 
 def serve(path: str | Path, host: str, port: int, max_batch: int, window: float) -> None:
     """Serves the model in `path` until SIGINT/SIGTERM (uvicorn's graceful shutdown)."""
-    model = load_model(path)
-    app = create_app(model, max_batch, window)
-    print(f"serving {model.metadata['model']} on http://{host}:{port}/ (batch sizes "
+    with reading(path):  # a damaged model stops the start with one line
+        model = load_model(path)
+        app = create_app(model, max_batch, window)
+        name = model.metadata["model"]
+    print(f"serving {name} on http://{host}:{port}/ (batch sizes "
           f"{list(batch_sizes(max_batch))}, window {window * 1000:g} ms)", flush=True)
     uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False,
                 timeout_keep_alive=KEEP_ALIVE_SECONDS)
