@@ -20,6 +20,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -390,19 +391,39 @@ def _print(quiet: bool, *args) -> None:
         print(*args, flush=True)
 
 
+@contextlib.contextmanager
+def _removed_if_left_empty(workdir: Path) -> Iterator[None]:
+    """Removes `workdir` when the run made it and stopped before writing anything in it (a refused
+    config or too little memory), so a refused run leaves nothing behind."""
+    existed = workdir.exists()
+    try:
+        yield
+    except BaseException:
+        if not existed:
+            with contextlib.suppress(OSError):
+                workdir.rmdir()  # only ever an empty folder
+        raise
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path, *,
                        quiet: bool = False, command: str = "", mesh: str = "") -> dict[str, Any]:
     """Trains (or resumes) the run in `workdir`, then tests its best parameters; the summary.
 
     `mesh` is `--mesh` (e.g. `data:4,seeds:2`; empty: the default of `sharding.mesh_shape`). With
-    several processes only process 0 prints and writes files other than checkpoints.
+    several processes only process 0 prints and writes files other than checkpoints. A workdir
+    made here and left empty by a failure is removed.
     """
+    with _removed_if_left_empty(Path(workdir)):
+        return _train_and_evaluate(config, Path(workdir), quiet, command, mesh)
+
+
+def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: Path, quiet: bool,
+                        command: str, mesh: str) -> dict[str, Any]:
     config_lib.validate(config)
     num_members = len(seeds_of(config))
     layout = sharding.make_layout(mesh, num_members)
     layout.check(config.batch_size, num_members)
     quiet = quiet or not sharding.is_primary()
-    workdir = Path(workdir)
     ensure_writable(workdir)
     dataset = data.load(config.data.dir or None, config.data.val_fraction, config.data.split_seed,
                         config.data.train_limit)
