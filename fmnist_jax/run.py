@@ -460,8 +460,9 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: Path, quiet:
                                              for k, v in position.partial.items()})
         trainer.compile(states, acc)
         _print(quiet, f"compiled the train step in {trainer.compile_seconds:.1f}s")
-        with tensorboard.EpochWriter(workdir, seeds_of(config), read_history(workdir),
-                                     quiet) as board:
+        settings = sweep.member_settings(config) if sweep.is_sweep(config) else None
+        with tensorboard.EpochWriter(workdir, seeds_of(config), read_history(workdir), quiet,
+                                     settings) as board:
             states = _epochs(trainer, ckpts, states, acc, position, meta, board)
     return _finish(trainer, states, meta, workdir, quiet)
 
