@@ -95,6 +95,11 @@ class BoundedBodies:
                   f"bytes", file=sys.stderr, flush=True)
             # uvicorn sends nothing to a closed connection: this is for the metrics
             await _answer(send, CLIENT_LEFT, {})
+        except asyncio.CancelledError:  # uvicorn's shutdown, once `shutdown_seconds` ran out
+            print(f"cancelled at shutdown: {scope['path']} after {body.received:,} bytes",
+                  file=sys.stderr, flush=True)
+            if not started:
+                await _answer(send, 503, {"error": "the server is shutting down", "status": 503})
         finally:
             self.held -= body.charged
 

@@ -10,6 +10,7 @@ import io
 import select
 import signal
 import socket
+import threading
 import time
 from pathlib import Path
 
@@ -220,13 +221,15 @@ def test_a_limit_flag_out_of_range_is_one_line():
 
 def test_the_decode_budget_bounds_pixels_in_flight_and_refuses_after_its_wait():
     limits = Limits(image_pixels=10, decode_pixels=10, decode_wait_seconds=0.5)
-    in_flight, peak = [0], [0]
+    in_flight, peak, lock = [0], [0], threading.Lock()
 
     def work(pixels: int) -> int:
-        in_flight[0] += pixels
-        peak[0] = max(peak[0], in_flight[0])
+        with lock:
+            in_flight[0] += pixels
+            peak[0] = max(peak[0], in_flight[0])
         time.sleep(0.05)
-        in_flight[0] -= pixels
+        with lock:
+            in_flight[0] -= pixels
         return pixels
 
     async def main():
