@@ -119,8 +119,8 @@ def attacks() -> dict[str, tuple[dict[str, str], Sender]]:
                                   stall_after(10, trickle_seconds=1)),
         "30 MB then a stall": ({"Content-Type": json_type, "Content-Length": str(31 * 2**20)},
                                stall_after(30 * 2**20, trickle_seconds=None)),
-        "aborted half way": ({"Content-Type": json_type, "Content-Length": str(4 * 2**20)},
-                             abort_after(2 * 2**20)),
+        "aborted half way (by the client)": (
+            {"Content-Type": json_type, "Content-Length": str(4 * 2**20)}, abort_after(2 * 2**20)),
         "bomb header 5900 x 5900": ({"Content-Type": bomb_type, "Content-Length": str(len(bomb))},
                                     body_of(bomb)),
         "PNG 3400 x 3400 (decoded)": ({"Content-Type": big_type,
@@ -139,8 +139,10 @@ async def exchange(port: int, headers: dict[str, str], send: Sender, timeout: fl
     sender = asyncio.create_task(send(writer))
     try:
         line = await asyncio.wait_for(reader.readline(), timeout)
-        return line.split()[1].decode() if line else "closed, no answer"
-    except (OSError, asyncio.TimeoutError) as e:
+        return line.split()[1].decode() if line else "closed without an answer"
+    except asyncio.TimeoutError:
+        return "still unanswered at the end"
+    except OSError as e:
         return type(e).__name__
     finally:
         sender.cancel()
