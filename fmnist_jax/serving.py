@@ -232,7 +232,7 @@ def pixels(data: bytes) -> int:
         return 0
 
 
-def decode(data: bytes, name: str, max_pixels: int) -> np.ndarray:
+def decode(data: bytes, name: str, max_pixels: int = Limits.image_pixels) -> np.ndarray:
     """An uploaded file as a model input `[28, 28, 1]`, as predict.py makes it; or RequestError
     (413 over the limits, checked before decoding)."""
     if not data:
