@@ -233,8 +233,9 @@ def main() -> None:
               f"{args.seconds:g} s; normal traffic: hey -c {args.clients}")
         print(f"peak resident memory {r['peak_mib']:.0f} MiB (after start "
               f"{r['peak_mib_after_start']:.0f}); ceiling {args.ceiling_mib:.0f} MiB: "
-              f"{'held' if held else 'PASSED'}")
-        print("| normal traffic | requests | statuses | p50 ms | p99 ms |\n|---|---:|---|---:|---:|")
+              f"{'held' if held else 'EXCEEDED'}")
+        print("| normal traffic | requests | statuses | p50 ms | p99 ms |")
+        print("|---|---:|---|---:|---:|")
         for name in ("normal_alone", "normal_under_attack"):
             n = r[name]
             print(f"| {name.replace('_', ' ')} | {n['requests']} | {n['statuses']} | "

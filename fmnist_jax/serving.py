@@ -252,8 +252,8 @@ async def _multipart_files(request: Request) -> list[tuple[str, bytes]]:
     except HTTPException as e:  # starlette's limits on parts: over one is a 413, as documented
         if e.detail.startswith("Too many files"):
             raise RequestError(413, f"too many images; at most {MAX_IMAGES} per request") from None
-        status = 413 if e.detail.startswith(("Too many", "Part exceeded", "Field exceeded")) else 400
-        raise RequestError(status, f"malformed multipart upload ({e.detail}); send files in the "
+        over = e.detail.startswith(("Too many", "Part exceeded", "Field exceeded"))
+        raise RequestError(413 if over else 400, f"malformed multipart upload ({e.detail}); send files in the "
                                    f"field 'image'") from None
     try:
         uploads = form.getlist("image")
