@@ -186,7 +186,7 @@ def memory_mib(pid: int, field: str) -> float:
 
 def server_statuses(url: str) -> dict[str, int]:
     counts: dict[str, int] = collections.Counter()
-    for line in httpx.get(f"{url}/metrics").text.splitlines():
+    for line in httpx.get(f"{url}/metrics", timeout=60).text.splitlines():
         if line.startswith('fmnist_requests_total{path="/v1/classify"'):
             counts[line.split('status="')[1].split('"')[0]] += int(float(line.split()[-1]))
     return dict(counts)
