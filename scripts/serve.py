@@ -20,16 +20,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from fmnist_jax import cli  # noqa: E402  pylint: disable=wrong-import-position
 from fmnist_jax.serving_limits import Limits  # noqa: E402  pylint: disable=wrong-import-position
 
-LIMIT_FLAGS = {  # Limits field: (type, help)
-    "request_bytes": (int, "largest request body, counted as received (default 32 MiB)"),
-    "inflight_bytes": (int, "request bodies held at once, all clients (default 64 MiB; 503 past "
-                            "it)"),
-    "body_seconds": (float, "most seconds a request body may take to arrive (default 30; 408)"),
-    "image_pixels": (int, "largest image, in pixels, read from its header (default 12,000,000)"),
-    "decode_pixels": (int, "pixels decoded at once, all requests (default 12,500,000)"),
-    "decode_wait_seconds": (float, "most seconds an image waits to be decoded (default 10; 503)"),
-    "connections": (int, "most open connections and requests (default 256; 503 past it)"),
-    "shutdown_seconds": (float, "most seconds SIGTERM waits for requests in flight (default 10)"),
+LIMIT_FLAGS = {  # Limits field: (type, help); the defaults are Limits'
+    "request_bytes": (int, "largest request body, counted as received (default %(default)s)"),
+    "inflight_bytes": (int, "request bodies held at once by all clients (default %(default)s; "
+                            "503 past it)"),
+    "body_seconds": (float, "most seconds a request body may take to arrive (default "
+                            "%(default)s; 408)"),
+    "image_pixels": (int, "largest image in pixels, read from its header (default %(default)s)"),
+    "decode_pixels": (int, "pixels decoded at once by all requests (default %(default)s)"),
+    "decode_wait_seconds": (float, "most seconds an image waits to be decoded (default "
+                                   "%(default)s; 503)"),
+    "connections": (int, "most open connections and requests (default %(default)s; 503 past it)"),
+    "shutdown_seconds": (float, "most seconds SIGTERM waits for requests in flight (default "
+                                "%(default)s)"),
 }
 
 
