@@ -79,6 +79,8 @@ def test_a_chunked_upload_over_the_limit_is_refused_without_being_read_whole(ser
                                 "Transfer-Encoding": "chunked"})  # a6bb5eb read these whole
     chunk, sent, attempted = b"x" * 2**16, 0, 256 * 2**20
     with s:
+        part = b'--b\r\nContent-Disposition: form-data; name="image"; filename="a.png"\r\n\r\n'
+        s.sendall(b"%x\r\n%b\r\n" % (len(part), part))
         try:
             while sent < attempted and not select.select([s], [], [], 0)[0]:
                 s.sendall(b"%x\r\n%b\r\n" % (len(chunk), chunk))
