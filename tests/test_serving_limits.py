@@ -74,6 +74,7 @@ def png(width: int, height: int) -> bytes:
     return buffer.getvalue()
 
 
+@pytest.mark.e2e
 def test_a_chunked_upload_over_the_limit_is_refused_without_being_read_whole(server):
     s = connect(server["url"], {"Content-Type": "multipart/form-data; boundary=b",
                                 "Transfer-Encoding": "chunked"})  # a6bb5eb read these whole
@@ -92,6 +93,7 @@ def test_a_chunked_upload_over_the_limit_is_refused_without_being_read_whole(ser
     assert metric(server["url"], 'fmnist_requests_total{path="/v1/classify",status="413"}') >= 1
 
 
+@pytest.mark.e2e
 def test_an_image_declaring_too_many_pixels_is_refused_before_it_is_decoded(server):
     before = peak_memory_mib(server["process"])
     start = time.monotonic()
@@ -102,12 +104,14 @@ def test_an_image_declaring_too_many_pixels_is_refused_before_it_is_decoded(serv
     assert peak_memory_mib(server["process"]) - before < 100
 
 
+@pytest.mark.e2e
 def test_an_image_under_the_pixel_limit_is_decoded_within_the_budget(server):
     response = httpx.post(f"{server['url']}/v1/classify", timeout=60,
                           files={"image": ("big.png", png(2000, 1500))})
     assert response.status_code == 200, response.text
 
 
+@pytest.mark.e2e
 def test_a_slow_body_gets_408_after_the_body_deadline(server):
     with connect(server["url"], {"Content-Type": "application/json",
                                  "Content-Length": "1000"}) as s:
@@ -117,6 +121,7 @@ def test_a_slow_body_gets_408_after_the_body_deadline(server):
         assert BODY_SECONDS - 0.5 < time.monotonic() - start < BODY_SECONDS + 5
 
 
+@pytest.mark.e2e
 def test_a_client_leaving_mid_upload_is_a_499_and_one_log_line(server):
     counted = 'fmnist_requests_total{path="/v1/classify",status="499"}'
     before, lines_before = metric(server["url"], counted), server["log"].read_text().count("\n")
@@ -136,6 +141,7 @@ def test_a_client_leaving_mid_upload_is_a_499_and_one_log_line(server):
     assert "Traceback" not in log
 
 
+@pytest.mark.e2e
 def test_bodies_held_at_once_are_bounded_and_a_503_past_the_budget(server):
     body = b'{"images": ["' + b"A" * 900_000
     headers = {"Content-Type": "application/json", "Content-Length": str(len(body) + 10)}
@@ -167,6 +173,7 @@ MALFORMED = {
 }
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("case", MALFORMED, ids=str)
 def test_a_malformed_json_body_of_any_shape_is_a_400(server, case):
     response = httpx.post(f"{server['url']}/v1/classify", content=MALFORMED[case],
@@ -175,6 +182,7 @@ def test_a_malformed_json_body_of_any_shape_is_a_400(server, case):
     assert response.json()["status"] == 400
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("request_kwargs", [
     {"content": b"--x\r\n", "headers": {"content-type": "multipart/form-data"}},  # no boundary
     {"content": b"garbage", "headers": {"content-type": "multipart/form-data; boundary=x"}},
@@ -185,6 +193,7 @@ def test_a_malformed_request_of_another_kind_is_a_400(server, request_kwargs):
     assert response.status_code == 400, response.text
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("count", [129, 130, 1000])
 def test_more_files_than_the_limit_is_a_413(server, count):
     response = httpx.post(f"{server['url']}/v1/classify", timeout=60,
@@ -193,6 +202,7 @@ def test_more_files_than_the_limit_is_a_413(server, count):
     assert "at most 128" in response.json()["error"]
 
 
+@pytest.mark.e2e
 def test_sigterm_ends_within_the_grace_even_with_a_stalled_upload(tmp_path):
     log = tmp_path / "serve.log"
     process, url = runs.start_server(log, *LIMIT_FLAGS, "--body-seconds=600")
