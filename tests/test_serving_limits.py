@@ -28,9 +28,10 @@ REQUEST_BYTES = 1_000_000
 INFLIGHT_BYTES = 2_000_000
 BODY_SECONDS = 3
 SHUTDOWN_SECONDS = 2
+CONNECTIONS = 16
 LIMIT_FLAGS = (f"--request-bytes={REQUEST_BYTES}", f"--inflight-bytes={INFLIGHT_BYTES}",
                f"--body-seconds={BODY_SECONDS}", f"--shutdown-seconds={SHUTDOWN_SECONDS}",
-               f"--workdir={RELEASE}", "--max-batch=1")
+               f"--connections={CONNECTIONS}", f"--workdir={RELEASE}", "--max-batch=1")
 
 
 @pytest.fixture(scope="module")
@@ -159,6 +160,20 @@ def test_bodies_held_at_once_are_bounded_and_a_503_past_the_budget(server):
     time.sleep(0.5)
     after = httpx.post(f"{server['url']}/v1/classify", files={"image": ("a.png", png(28, 28))})
     assert after.status_code == 200  # the budget was given back
+
+
+@pytest.mark.e2e
+def test_connections_past_the_limit_get_503_and_the_server_recovers(server):
+    host, port = server["url"].removeprefix("http://").split(":")
+    idle = [socket.create_connection((host, int(port))) for _ in range(CONNECTIONS)]
+    try:
+        time.sleep(0.3)
+        assert httpx.get(f"{server['url']}/healthz").status_code == 503
+    finally:
+        for s in idle:
+            s.close()
+    time.sleep(0.3)
+    assert httpx.get(f"{server['url']}/healthz").status_code == 200
 
 
 MALFORMED = {
