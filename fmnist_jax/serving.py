@@ -273,7 +273,8 @@ async def _json_files(request: Request) -> list[tuple[str, bytes]]:
     try:
         payload = json.loads(await request.body())
     except (ValueError, RecursionError) as e:  # ValueError: bad JSON or UTF-8, a 5,000-digit number
-        raise RequestError(400, f"malformed JSON ({str(e)[:200]}); send "
+        detail = str(e).split(";")[0][:200]  # not Python's advice to raise its digit limit
+        raise RequestError(400, f"malformed JSON ({detail}); send "
                                 f"{{\"images\": [base64, ...]}}") from None
     encoded = payload.get("images") if isinstance(payload, dict) else None
     if not isinstance(encoded, list) or not all(isinstance(s, str) for s in encoded):
