@@ -26,7 +26,7 @@ from fmnist_jax.serving_limits import DecodeBudget, Limits, Refused
 
 REQUEST_BYTES = 1_000_000
 INFLIGHT_BYTES = 2_000_000
-BODY_SECONDS = 3
+BODY_SECONDS = 5  # long enough for the budget test to hold two bodies under load
 SHUTDOWN_SECONDS = 2
 CONNECTIONS = 16
 LIMIT_FLAGS = (f"--request-bytes={REQUEST_BYTES}", f"--inflight-bytes={INFLIGHT_BYTES}",
@@ -150,7 +150,7 @@ def test_bodies_held_at_once_are_bounded_and_a_503_past_the_budget(server):
     try:
         for s in held:
             s.sendall(body)  # and stall: each holds about 0.84 MB of the 2 MB budget
-        time.sleep(0.5)
+        time.sleep(1)
         with connect(server["url"], headers) as s:
             s.sendall(body)
             assert status_of(s) == 503
