@@ -147,8 +147,7 @@ class _Body:
         self.received += size
         if self.received > self.limits.request_bytes:
             raise self._too_large()
-        charge = min(size, self.received - SMALL_BODY_BYTES) if self.received > SMALL_BODY_BYTES \
-            else 0
+        charge = min(size, max(0, self.received - SMALL_BODY_BYTES))
         if self.bounds.held + charge > self.limits.inflight_bytes:
             raise Refused(503, "the server is receiving too much at once; retry in a few seconds")
         self.bounds.held += charge
@@ -157,7 +156,8 @@ class _Body:
 
 class DecodeBudget:
     """A weighted semaphore over pixels: images are decoded (in threads) only while the pixels
-    being decoded stay within `limits.decode_pixels`."""
+    being decoded stay within `limits.decode_pixels`, so that concurrent decodes cannot add up
+    (four 35-megapixel decodes at once took 3.3 GB)."""
 
     def __init__(self, limits: Limits, threads: int = 4):
         self.capacity, self.wait_seconds = limits.decode_pixels, limits.decode_wait_seconds
@@ -184,8 +184,12 @@ class DecodeBudget:
                 pass
         self.used += pixels
         future = self.executor.submit(function, *args)
-        future.add_done_callback(lambda _: loop.call_soon_threadsafe(self._release, pixels))
+        future.add_done_callback(lambda _: self._release_from_thread(loop, pixels))
         return await asyncio.wrap_future(future)
+
+    def _release_from_thread(self, loop: asyncio.AbstractEventLoop, pixels: int) -> None:
+        if not loop.is_closed():  # a decode that outlived the server has nothing to give back
+            loop.call_soon_threadsafe(self._release, pixels)
 
     def _release(self, pixels: int) -> None:
         self.used -= pixels
