@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import io
 import json
 import os
@@ -20,6 +21,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -92,8 +94,9 @@ def batches(url: str) -> dict:
             "images_per_call": float(values["fmnist_batch_images_sum"]) / max(calls, 1)}
 
 
-def run_mode(workdir: str, flags: list[str], files: list[bytes], clients: int,
-             seconds: float) -> dict:
+@contextlib.contextmanager
+def running_server(workdir: str, flags: list[str]) -> Iterator[tuple[subprocess.Popen, str]]:
+    """scripts/serve.py on a free loopback port, once it answers: its process and base URL."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     server = subprocess.Popen([sys.executable, str(ROOT / "scripts" / "serve.py"),
@@ -109,11 +112,17 @@ def run_mode(workdir: str, flags: list[str], files: list[bytes], clients: int,
                 if server.poll() is not None or time.monotonic() > deadline:
                     raise SystemExit(f"the server did not start ({' '.join(flags)})") from None
                 time.sleep(0.5)
-        result = asyncio.run(drive(url, files, clients, seconds))
-        return {**result, **batches(url)}
+        yield server, url
     finally:
         server.terminate()
         server.wait(timeout=60)
+
+
+def run_mode(workdir: str, flags: list[str], files: list[bytes], clients: int,
+             seconds: float) -> dict:
+    with running_server(workdir, flags) as (_, url):
+        result = asyncio.run(drive(url, files, clients, seconds))
+        return {**result, **batches(url)}
 
 
 def model_throughput(workdir: str, repeats: int = 20) -> dict[int, float]:

@@ -12,7 +12,8 @@ Images are preprocessed as predict.py does (`images.read_image`, `images.to_mode
 model is the portable one (`portable.py`): read from a release or export, or exported in memory from
 a workdir. Concurrent requests are gathered into one call (`Batcher`: a short window or a full
 batch, whichever first), padded to one of a few fixed batch sizes compiled at start, so nothing
-compiles while serving. A bad request gets a JSON error with a 4xx status.
+compiles while serving. A bad request gets a JSON error with a 4xx status. What clients can make
+it hold (bytes, pixels being decoded, time, connections) is bounded by `serving_limits.Limits`.
 """
 
 from __future__ import annotations
@@ -47,24 +48,16 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 import fmnist_jax
 from fmnist_jax import images, portable
 from fmnist_jax.errors import UserError, reading
+from fmnist_jax.serving_limits import BoundedBodies, DecodeBudget, Limits
+from fmnist_jax.serving_limits import Refused as RequestError
 
 STATIC = Path(__file__).resolve().parent / "static"
 SHAPE = (images.SIZE, images.SIZE, 1)
 BATCH_SIZES = (1, 8, 32, 128)
 MAX_IMAGES = 128  # per request
 MAX_IMAGE_BYTES = 8 * 2**20  # per image file
-MAX_IMAGE_PIXELS = 6000 * 6000
-MAX_REQUEST_BYTES = 32 * 2**20
 INLINE_DECODE_PIXELS = 256 * 256  # smaller images are decoded in the event loop, larger in a thread
 KEEP_ALIVE_SECONDS = 75  # idle connections kept open: clients that reuse them never race a close
-
-
-class RequestError(Exception):
-    """A request the server refuses, with the HTTP status to answer."""
-
-    def __init__(self, status: int, message: str):
-        super().__init__(message)
-        self.status = status
 
 
 def load_model(path: str | Path) -> portable.Portable:
@@ -238,38 +231,29 @@ def pixels(data: bytes) -> int:
         return 0
 
 
-def decode(data: bytes, name: str) -> np.ndarray:
+def decode(data: bytes, name: str, max_pixels: int = Limits.image_pixels) -> np.ndarray:
     """An uploaded file as a model input `[28, 28, 1]`, as predict.py makes it; or RequestError
     (413 over the limits, checked before decoding)."""
     if not data:
         raise RequestError(400, f"{name}: the file is empty; send a PNG or JPEG image")
     try:
         return images.to_model_input(images.read_image(
-            io.BytesIO(data), name, MAX_IMAGE_BYTES, MAX_IMAGE_PIXELS))
+            io.BytesIO(data), name, MAX_IMAGE_BYTES, max_pixels))
     except images.ImageTooLargeError as e:
         raise RequestError(413, f"{e}; send a smaller image") from None
     except images.ImageFileError as e:
         raise RequestError(400, f"{e}; send a PNG or JPEG image") from None
 
 
-async def _body(request: Request) -> bytes:
-    """The request body, refused once it passes MAX_REQUEST_BYTES."""
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > MAX_REQUEST_BYTES:
-            raise RequestError(413, f"the request is over {MAX_REQUEST_BYTES} bytes; send fewer "
-                                    f"or smaller images")
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
 async def _multipart_files(request: Request) -> list[tuple[str, bytes]]:
     try:
-        form = await request.form(max_files=MAX_IMAGES + 1, max_fields=MAX_IMAGES + 1)
-    except HTTPException as e:
-        raise RequestError(400, f"malformed multipart upload ({e.detail}); send files in the "
-                                f"field 'image'") from None
+        form = await request.form(max_files=MAX_IMAGES, max_fields=MAX_IMAGES)
+    except HTTPException as e:  # starlette's limits on parts: over one is a 413, as documented
+        if e.detail.startswith("Too many files"):
+            raise RequestError(413, f"too many images; at most {MAX_IMAGES} per request") from None
+        over = e.detail.startswith(("Too many", "Part exceeded", "Field exceeded"))
+        raise RequestError(413 if over else 400, f"malformed multipart upload ({e.detail}); send files in the "
+                                   f"field 'image'") from None
     try:
         uploads = form.getlist("image")
         files = [u for u in uploads if not isinstance(u, str)]
@@ -286,9 +270,10 @@ async def _multipart_files(request: Request) -> list[tuple[str, bytes]]:
 
 async def _json_files(request: Request) -> list[tuple[str, bytes]]:
     try:
-        payload = json.loads(await _body(request))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise RequestError(400, f"malformed JSON ({e}); send "
+        payload = json.loads(await request.body())
+    except (ValueError, RecursionError) as e:  # ValueError: bad JSON or UTF-8, a 5,000-digit number
+        detail = str(e).split(";")[0][:200]  # not Python's advice to raise its digit limit
+        raise RequestError(400, f"malformed JSON ({detail}); send "
                                 f"{{\"images\": [base64, ...]}}") from None
     encoded = payload.get("images") if isinstance(payload, dict) else None
     if not isinstance(encoded, list) or not all(isinstance(s, str) for s in encoded):
@@ -314,15 +299,16 @@ def _check_count(count: int, where: str) -> None:
 
 def _top(request: Request, classes: int) -> int:
     text, most = request.query_params.get("top", "3"), min(images.MAX_TOP, classes)
-    if not text.isdigit() or not 1 <= int(text) <= most:
+    if not (text.isascii() and text.isdigit()) or not 1 <= int(text) <= most:
         raise RequestError(400, f"top must be a whole number from 1 to {most}, got {text!r}")
     return int(text)
 
 
 def create_app(model: portable.Portable, max_batch: int = BATCH_SIZES[-1],
-               window: float = 0.005) -> Starlette:
+               window: float = 0.005, limits: Limits = Limits()) -> Starlette:
     """The app serving `model`; its batch sizes are compiled here, before it answers anyone."""
     metrics = Metrics()
+    budget = DecodeBudget(limits)
     predictor = Predictor(model, max_batch, metrics)
     batcher = Batcher(predictor, window)
     info = {"name": model.metadata["model"], "classes": model.class_names,
@@ -334,14 +320,10 @@ def create_app(model: portable.Portable, max_batch: int = BATCH_SIZES[-1],
             "device": f"{jax.devices()[0].device_kind} ({jax.default_backend()})",
             "batch_sizes": list(predictor.sizes), "batch_window_ms": window * 1000,
             "limits": {"images_per_request": MAX_IMAGES, "image_bytes": MAX_IMAGE_BYTES,
-                       "image_pixels": MAX_IMAGE_PIXELS, "request_bytes": MAX_REQUEST_BYTES}}
+                       **dataclasses.asdict(limits)}}
 
     async def classify(request: Request) -> Response:
         top = _top(request, len(model.class_names))
-        length = request.headers.get("content-length", "0")
-        if length.isdigit() and int(length) > MAX_REQUEST_BYTES:
-            raise RequestError(413, f"the request is over {MAX_REQUEST_BYTES} bytes; send fewer "
-                                    f"or smaller images")
         kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if kind == "multipart/form-data":
             files = await _multipart_files(request)
@@ -350,12 +332,18 @@ def create_app(model: portable.Portable, max_batch: int = BATCH_SIZES[-1],
         else:
             raise RequestError(415, f"content type {kind or 'none'!r} is not accepted; send "
                                     f"multipart/form-data (field 'image') or application/json")
-        inputs = [decode(data, name) if pixels(data) <= INLINE_DECODE_PIXELS
-                  else await asyncio.to_thread(decode, data, name) for name, data in files]
+        inputs = [await _decode(data, name) for name, data in files]
         probabilities = await batcher.classify(np.stack(inputs))
         return JSONResponse({"model": info["name"], "results": [
             {"file": name, "top": images.top_classes(p, model.class_names, top)}
             for (name, _), p in zip(files, probabilities)]})
+
+    async def _decode(data: bytes, name: str) -> np.ndarray:
+        """Small images in the event loop; larger ones in a thread, within the decode budget."""
+        size = pixels(data)
+        if size <= INLINE_DECODE_PIXELS or size > limits.image_pixels:  # the latter: refused
+            return decode(data, name, limits.image_pixels)
+        return await budget.run(size, decode, data, name, limits.image_pixels)
 
     async def examples(_: Request) -> Response:
         listed = json.loads((STATIC / "examples" / "examples.json").read_text())
@@ -393,18 +381,22 @@ def create_app(model: portable.Portable, max_batch: int = BATCH_SIZES[-1],
               Route("/metrics", metrics_page),
               Mount("/static", StaticFiles(directory=STATIC), name="static")]
     measured = Middleware(Measured, metrics=metrics, paths={r.path for r in routes})
-    return Starlette(routes=routes, lifespan=lifespan, middleware=[measured],
+    bounded = Middleware(BoundedBodies, limits=limits)
+    return Starlette(routes=routes, lifespan=lifespan, middleware=[measured, bounded],
                      exception_handlers={RequestError: error, HTTPException: error,
                                          Exception: error})
 
 
-def serve(path: str | Path, host: str, port: int, max_batch: int, window: float) -> None:
-    """Serves the model in `path` until SIGINT/SIGTERM (uvicorn's graceful shutdown)."""
+def serve(path: str | Path, host: str, port: int, max_batch: int, window: float,
+          limits: Limits = Limits()) -> None:
+    """Serves the model in `path` until SIGINT/SIGTERM (uvicorn's graceful shutdown, cut short
+    after `limits.shutdown_seconds`)."""
     with reading(path):  # a damaged model stops the start with one line
         model = load_model(path)
-        app = create_app(model, max_batch, window)
+        app = create_app(model, max_batch, window, limits)
         name = model.metadata["model"]
     print(f"serving {name} on http://{host}:{port}/ (batch sizes "
           f"{list(batch_sizes(max_batch))}, window {window * 1000:g} ms)", flush=True)
     uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False,
-                timeout_keep_alive=KEEP_ALIVE_SECONDS)
+                timeout_keep_alive=KEEP_ALIVE_SECONDS, limit_concurrency=limits.connections,
+                timeout_graceful_shutdown=limits.shutdown_seconds)

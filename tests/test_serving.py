@@ -10,12 +10,8 @@ import io
 import re
 import shutil
 import signal
-import socket
 import struct
-import subprocess
-import sys
 import threading
-import time
 import zlib
 from pathlib import Path
 
@@ -28,6 +24,8 @@ from selenium import webdriver
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
+import subprocess_runs as runs
+
 from fmnist_jax import data, portable, serving
 from fmnist_jax.config import CONFIG_DIR
 from fmnist_jax.errors import UserError
@@ -38,33 +36,11 @@ MAX_BATCH = 32  # compiles batch sizes 1, 8 and 32
 CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     """The server's base URL; one process for the whole module."""
-    port = free_port()
     log = tmp_path_factory.mktemp("serve") / "serve.log"
-    with log.open("w") as out:
-        process = subprocess.Popen(
-            [sys.executable, str(ROOT / "scripts" / "serve.py"), f"--workdir={RELEASE}",
-             f"--port={port}", f"--max-batch={MAX_BATCH}"], stdout=out, stderr=subprocess.STDOUT,
-            cwd=ROOT)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 240
-    while True:
-        assert process.poll() is None, f"the server exited: {log.read_text()}"
-        try:
-            if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
-                break
-        except httpx.TransportError:
-            pass
-        assert time.monotonic() < deadline, f"the server did not start: {log.read_text()}"
-        time.sleep(0.5)
+    process, url = runs.start_server(log, f"--workdir={RELEASE}", f"--max-batch={MAX_BATCH}")
     yield {"url": url, "process": process, "log": log}
     if process.poll() is None:
         process.kill()
