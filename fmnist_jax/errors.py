@@ -43,7 +43,8 @@ def reading(path: str | Path) -> Iterator[None]:
         yield
     except UserError:
         raise
-    except Exception as e:  # pylint: disable=broad-exception-caught  # whatever a damaged file raises
+    # whatever a damaged file raises
+    except Exception as e:  # pylint: disable=broad-exception-caught
         reason = (str(e).strip().splitlines() or [""])[0][:200]
         raise CheckpointError(f"{path} cannot be loaded ({type(e).__name__}: {reason}); restore "
                               f"it, or write it again with scripts/export.py") from e

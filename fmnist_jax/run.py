@@ -568,8 +568,8 @@ def _history_problem(record: Any, epoch: int) -> str | None:
         return f"a JSON {type(record).__name__}, not a record of an epoch"
     if record.get("epoch") != epoch or isinstance(record.get("epoch"), bool):
         return f"epoch {record.get('epoch')!r} where epoch {epoch} belongs"
-    wrong = [name for name in HISTORY_FIELDS
-             if isinstance(record.get(name), bool) or not isinstance(record.get(name), (int, float))]
+    wrong = [name for name in HISTORY_FIELDS if isinstance(record.get(name), bool)
+             or not isinstance(record.get(name), (int, float))]
     return f"no number in {', '.join(wrong)}" if wrong else None
 
 

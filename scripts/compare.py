@@ -29,7 +29,8 @@ def main(argv) -> None:
     parser.add_argument("--split", choices=("test", "val"), default="test",
                         help="which evaluation of a workdir to compare: its eval-SPLIT/ (default "
                              "test); an evaluation folder is compared as it is")
-    parser.add_argument("--output", default="compare.md", type=cli.output_file, help="markdown file (default compare.md)")
+    parser.add_argument("--output", default="compare.md", type=cli.output_file,
+                        help="markdown file (default compare.md)")
     parser.add_argument("--debug", action="store_true", help="show tracebacks of input errors")
     args = parser.parse_args(argv)
     from fmnist_jax import evaluation  # pylint: disable=import-outside-toplevel

@@ -404,7 +404,8 @@ def _damaged_portable(places: Places, damage: str) -> Path:
     return folder
 
 
-@pytest.mark.parametrize("damage", ["truncated-export", "garbled-metadata", "metadata-without-model"])
+@pytest.mark.parametrize("damage", ["truncated-export", "garbled-metadata",
+                                    "metadata-without-model"])
 def test_serve_on_a_damaged_portable_model_fails_at_start_with_one_line(damage, places):
     folder = _damaged_portable(places, damage)
     result = runs.run("serve", f"--workdir={folder}", "--port=0", timeout=120)

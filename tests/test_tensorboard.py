@@ -97,7 +97,8 @@ def test_a_sweeps_members_of_one_seed_keep_apart_per_setting(tmp_path):
             for line, _ in records]
     for k in (0, 1):
         assert events[f"setting_{k}/train_loss"] == [
-            (line["epoch"], pytest.approx(line["settings"][k]["train_loss"])) for line, _ in records]
+            (line["epoch"], pytest.approx(line["settings"][k]["train_loss"]))
+            for line, _ in records]
     assert not any(tag.startswith("member_") for tag in events)
 
 
