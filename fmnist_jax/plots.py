@@ -250,6 +250,30 @@ def comparison_figure(labels: Sequence[str], class_names: Sequence[str], f1: np.
     return fig
 
 
+def difference_figure(models: Sequence[dict[str, Any]]) -> plt.Figure:
+    """Each model's paired accuracy difference from its reference with its 95% interval; the
+    supported ones (`comparison.differences`) filled, the others hollow and grey."""
+    rows = [m for m in models if m["difference"]]
+    fig, ax = plt.subplots(figsize=(7, 0.6 * len(rows) + 1.4))
+    for y, m in enumerate(rows):
+        d = m["difference"]
+        low, high = (100 * v for v in d["ci95"])
+        colour = "tab:blue" if d["supported"] else "grey"
+        ax.errorbar(100 * d["difference"], y, xerr=[[100 * d["difference"] - low],
+                                                    [high - 100 * d["difference"]]],
+                    fmt="o", color=colour, capsize=4,
+                    markerfacecolor=colour if d["supported"] else "white")
+    ax.axvline(0, color="black", linewidth=0.8)
+    ax.set_yticks(range(len(rows)), [f"{m['label']} vs {m['difference']['against']}"
+                                     for m in rows])
+    ax.invert_yaxis()
+    ax.set_xlabel("accuracy difference (percentage points), 95% paired bootstrap interval")
+    ax.set_title("Paired differences (filled: supported, Holm-corrected McNemar p < 0.05)",
+                 fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
 def _heatmap(ax: plt.Axes, image: np.ndarray, heat: np.ndarray, scale: float, signed: bool) -> None:
     """A signed map alone (red positive, blue negative), or the image in grey under the map."""
     _show_image(ax, image)

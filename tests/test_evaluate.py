@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fmnist_jax import data, evaluation, images
+from fmnist_jax import comparison, data, evaluation, images
 from fmnist_jax.config import CONFIG_DIR
 from fmnist_jax.errors import CheckpointError, UserError
 from subprocess_runs import ROOT, one_line_error, run
@@ -166,7 +166,7 @@ def test_evaluate_multi_seed_reports_members_and_their_ensemble(evaluated, workd
 def test_compare_puts_models_side_by_side_with_mean_and_std(evaluated, workdirs, tmp_path):
     output = tmp_path / "compare.md"
     with pytest.raises(UserError, match=r"no evaluation of the val split \(.*\); run scripts/eval"):
-        evaluation.find_metrics(workdirs["single"], "val")
+        comparison.find_metrics(workdirs["single"], "val")
     _ok(run("evaluate", f"--workdir={workdirs['single']}", "--split=val"))
     result = _ok(run("compare", str(workdirs["single"]), str(evaluated["pair"][0]),
                      "--split=val", f"--output={output}"))
@@ -179,12 +179,12 @@ def test_compare_puts_models_side_by_side_with_mean_and_std(evaluated, workdirs,
     assert f"{single['accuracy']:.2%}" in table
     assert f"{stats['mean']:.2%} ± {stats['std']:.2%}" in table
     assert f"{pair['accuracy']:.2%}" in table  # the ensemble's column
-    comparison = json.loads(output.with_suffix(".json").read_text())
-    assert [m["label"] for m in comparison["models"]] == ["mlp", "mlp ×2"]
-    mean_f1 = {n: np.mean([m["per_class_f1"][n]["mean"] for m in comparison["models"]])
+    compared = json.loads(output.with_suffix(".json").read_text())
+    assert [m["label"] for m in compared["models"]] == ["mlp", "mlp ×2"]
+    mean_f1 = {n: np.mean([m["per_class_f1"][n]["mean"] for m in compared["models"]])
                for n in single["class_names"]}
     hardest = sorted(mean_f1, key=mean_f1.get)[:3]
-    assert [h["class"] for h in comparison["hardest_classes"]] == hardest
+    assert [h["class"] for h in compared["hardest_classes"]] == hardest
     assert f"Hardest classes: {hardest[0]} " in table
     assert (tmp_path / "compare_f1.png").stat().st_size > 0
 
@@ -194,10 +194,10 @@ def test_compare_takes_an_evaluation_folder_anywhere_or_an_evaluated_workdir(tmp
     for path in (folder, workdir / "eval-val"):
         path.mkdir(parents=True)
         (path / "metrics.json").write_text("{}")
-    assert evaluation.find_metrics(folder, "test") == folder / "metrics.json"
-    assert evaluation.find_metrics(workdir, "val") == workdir / "eval-val" / "metrics.json"
+    assert comparison.find_metrics(folder, "test") == folder / "metrics.json"
+    assert comparison.find_metrics(workdir, "val") == workdir / "eval-val" / "metrics.json"
     with pytest.raises(UserError, match="or give the folder of its --output-dir"):
-        evaluation.find_metrics(workdir, "test")
+        comparison.find_metrics(workdir, "test")
 
 
 @pytest.mark.e2e
