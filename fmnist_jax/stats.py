@@ -68,21 +68,23 @@ def welch(accuracies_a: Sequence[float], accuracies_b: Sequence[float]) -> float
     return float(scipy.stats.ttest_ind(b, a, equal_var=False).pvalue)
 
 
-def seed_bootstrap(members_a: np.ndarray, members_b: np.ndarray, resamples: int = 2_000,
-                   level: float = LEVEL, seed: int = 0) -> list[float]:
+def seed_bootstrap(members_a: np.ndarray, members_b: np.ndarray, resamples: int = 1_000,
+                   level: float = LEVEL, seed: int = 0, chunk: int = 100) -> list[float]:
     """The interval of mean member accuracy(b) - (a), resampling the seeds of each side and the
     images (the same images for both sides): `members_*` are `[seeds, N]` correctness."""
     rng = np.random.default_rng(seed)
     a, b = np.asarray(members_a, np.float64), np.asarray(members_b, np.float64)
     n = a.shape[1]
-    weights = rng.multinomial(n, np.full(n, 1 / n), size=resamples).T / n  # [N, resamples]
 
-    def side(members: np.ndarray) -> np.ndarray:
-        accuracy = members @ weights  # [seeds, resamples]
-        picks = rng.integers(0, len(members), size=accuracy.shape)
-        return np.take_along_axis(accuracy, picks, 0).mean(0)
+    def seed_weights(count: int) -> np.ndarray:  # [resamples, seeds]: each seed's share
+        picks = rng.integers(0, count, (resamples, count))
+        return np.stack([np.bincount(p, minlength=count) for p in picks]) / count
 
-    return np.percentile(side(b) - side(a), _tails(level)).tolist()
+    per_image = (seed_weights(len(b)) @ b - seed_weights(len(a)) @ a).astype(np.float32)
+    differences = np.concatenate([
+        np.take_along_axis(rows, rng.integers(0, n, rows.shape), 1).mean(1)
+        for rows in np.split(per_image, range(chunk, resamples, chunk))])
+    return np.percentile(differences, _tails(level)).tolist()
 
 
 def holm(pvalues: Sequence[float]) -> list[float]:
