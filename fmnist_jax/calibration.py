@@ -10,12 +10,14 @@ others abstained) show what the probabilities are worth.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import scipy.optimize
 
-from fmnist_jax import metrics
+from fmnist_jax import evaluation, metrics, plots
+from fmnist_jax.errors import UserError
 
 NUM_BINS = 15
 COVERAGES = (1.0, 0.95, 0.9, 0.8, 0.7, 0.5)
@@ -89,3 +91,24 @@ def calibrate(val_probabilities: np.ndarray, val_labels: np.ndarray,
                       "selective_accuracy": selective_accuracy(after, labels)},
             "reliability_before": reliability(before, labels),
             "reliability_after": reliability(after, labels)}
+
+
+def of_evaluation(result: evaluation.Evaluation, out: Path) -> tuple[dict[str, Any], Path]:
+    """`calibrate` for an evaluated workdir, the temperature fitted on its validation split (the
+    one training drew), and the figure of it (reliability diagram, accuracy-coverage curve) in
+    `out`. The temperature a calibrated release already applies is recorded beside it."""
+    restored = result.restored
+    val = result if result.split == "val" else evaluation.evaluate(restored, "val")
+    if not len(val.labels):
+        raise UserError(f"{restored.workdir} was trained without a validation split, which "
+                        f"calibration is fitted on; evaluate with --no-calibration")
+    record = calibrate(val.member_probabilities, val.labels, result.member_probabilities,
+                       result.labels)
+    record["model_temperature"] = restored.temperature
+    after = scale(result.member_probabilities, record["temperature"])
+    curves = [coverage_curve(p, result.labels) for p in (result.probabilities, after)]
+    out.mkdir(parents=True, exist_ok=True)
+    figure = plots.save(plots.calibration_figure(record, curves, plots.describe(
+        {"model": restored.meta["model"], "seeds": restored.seeds, "split": result.split})),
+        out / "calibration.png")
+    return record, figure

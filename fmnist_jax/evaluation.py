@@ -59,6 +59,12 @@ class Restored:
         return list(self.meta["seeds"])
 
     @property
+    def temperature(self) -> float:
+        """What the predictor divides every logit by: 1, or the temperature a calibrated
+        release was fitted with (`release.export(calibrated=True)`)."""
+        return float(self.meta.get("calibration", {}).get("temperature", 1.0))
+
+    @property
     def tta(self) -> bool:
         """Whether predictions average each image and its mirror (`train.flip_tta`)."""
         return bool(self.config.tta)
@@ -66,8 +72,11 @@ class Restored:
     def predictor(self):
         """The jitted `predict(params, batch_stats, images) -> logits [S, N, C]`."""
         stats = self.meta["data"]
-        return train_lib.make_predict(self.model, stats["mean"], stats["std"],
-                                      self.config.eval_batch_size, tta=self.tta)
+        predict = train_lib.make_predict(self.model, stats["mean"], stats["std"],
+                                         self.config.eval_batch_size, tta=self.tta)
+        if self.temperature == 1:
+            return predict
+        return jax.jit(lambda *args: predict(*args) / self.temperature)
 
     def probabilities(self, images: np.ndarray) -> np.ndarray:
         """Each member's class probabilities `[S, N, C]` (float64) for uint8 `[N, 28, 28, 1]`."""

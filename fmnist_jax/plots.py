@@ -240,6 +240,31 @@ def evaluation_figures(images: np.ndarray, labels: np.ndarray, probabilities: np
     return paths
 
 
+def calibration_figure(record: dict[str, Any], curves: Sequence[tuple[np.ndarray, np.ndarray]],
+                       title: str) -> plt.Figure:
+    """Reliability diagram (accuracy against mean confidence per bin) and accuracy-coverage
+    curve, before and after temperature scaling (`calibration.calibrate`'s `record`)."""
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.6))
+    left.plot([0, 1], [0, 1], color="black", linewidth=0.8, linestyle=":", label="perfect")
+    names = ("before", f"after (T = {record['temperature']:.3f}, fitted on val)")
+    for key, name, (covered, accuracy) in zip(("before", "after"), names, curves):
+        bins = record[f"reliability_{key}"]
+        used = np.asarray(bins["count"]) > 0
+        left.plot(np.asarray(bins["confidence"])[used], np.asarray(bins["accuracy"])[used],
+                  marker="o", label=f"{name}: ECE {record[key]['ece']:.4f}")
+        right.plot(100 * covered, 100 * accuracy, label=name)
+    left.set(xlabel="confidence (top probability), per bin", ylabel="accuracy",
+             title="Reliability diagram (15 bins)", xlim=(0, 1.01), ylim=(0, 1.01))
+    right.set(xlabel="coverage: % of images answered, most confident first",
+              ylabel="accuracy on them (%)", title="Accuracy-coverage (selective prediction)")
+    for ax in (left, right):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(f"Calibration, {title}")
+    fig.tight_layout()
+    return fig
+
+
 def comparison_figure(labels: Sequence[str], class_names: Sequence[str], f1: np.ndarray,
                       std: np.ndarray) -> plt.Figure:
     """Per-class F1 of several models side by side (`f1`, `std`: `[models, classes]`)."""

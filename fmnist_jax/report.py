@@ -148,6 +148,24 @@ def explanations_section(explanations: dict[str, Any]) -> str:
                                 "correlation with random weights"], rows)
 
 
+def calibration_section(record: dict[str, Any]) -> str:
+    """The temperature fitted on validation; ECE, log loss and selective accuracy before/after."""
+    before, after = record["before"], record["after"]
+    rows = [["expected calibration error (15 bins)", number(before["ece"]), number(after["ece"])],
+            ["mean log loss", number(before["loss"]), number(after["loss"])],
+            ["accuracy", percent(before["accuracy"]), percent(after["accuracy"])]]
+    rows += [[f"accuracy on the {float(c):.0%} most confident", percent(before[
+        "selective_accuracy"][c]), percent(after["selective_accuracy"][c])]
+             for c in before["selective_accuracy"] if c != "1"]
+    already = ("" if record["model_temperature"] == 1 else
+               f" The model already divides its logits by {record['model_temperature']:.4f} "
+               f"(a calibrated release); the figures above are on top of that.")
+    return (f"Temperature scaling: every logit divided by T = {record['temperature']:.4f}, "
+            f"fitted on the validation split to minimise its log loss (never on the test split); "
+            f"`scripts/export.py --calibrated` ships a model that applies it.{already}\n\n"
+            + table(["metric", "before", "after"], rows))
+
+
 def evaluation_report(summary: dict[str, Any], figures: Sequence[str]) -> str:
     """report.md: the run, the numbers, and the figures (linked by file name)."""
     ev, tr = summary["evaluation"], summary["training"]
@@ -178,6 +196,8 @@ def evaluation_report(summary: dict[str, Any], figures: Sequence[str]) -> str:
         parts += ["## Parts\n",
                   f"The ensemble averages the parts' class probabilities; weights {weights}.\n",
                   _parts_table(summary)]
+    if "calibration" in summary:
+        parts += ["## Calibration\n", calibration_section(summary["calibration"])]
     if "explanations" in summary:
         parts += ["## Explanations\n", explanations_section(summary["explanations"])]
     parts += ["## Figures\n"] + [f"![{name}]({name})\n" for name in figures]
