@@ -105,6 +105,7 @@ def of_evaluation(result: evaluation.Evaluation, out: Path) -> tuple[dict[str, A
     record = calibrate(val.member_probabilities, val.labels, result.member_probabilities,
                        result.labels)
     record["model_temperature"] = restored.temperature
+    record["in_sample"] = result.split == "val"  # the "after" figures then flatter it
     after = scale(result.member_probabilities, record["temperature"])
     curves = [coverage_curve(p, result.labels) for p in (result.probabilities, after)]
     out.mkdir(parents=True, exist_ok=True)

@@ -159,7 +159,9 @@ def calibration_section(record: dict[str, Any]) -> str:
              for c in before["selective_accuracy"] if c != "1"]
     already = ("" if record["model_temperature"] == 1 else
                f" The model already divides its logits by {record['model_temperature']:.4f} "
-               f"(a calibrated release); the figures above are on top of that.")
+               f"(a calibrated release); the figures below are on top of that.")
+    if record.get("in_sample"):
+        already += " Fitted and measured on the same split here: the test split's are honest."
     return (f"Temperature scaling: every logit divided by T = {record['temperature']:.4f}, "
             f"fitted on the validation split to minimise its log loss (never on the test split); "
             f"`scripts/export.py --calibrated` ships a model that applies it.{already}\n\n"
