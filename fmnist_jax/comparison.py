@@ -113,9 +113,10 @@ def _described(summary: dict[str, Any], *path: str) -> dict[str, Any]:
 
 
 def model_labels(summaries: Sequence[dict[str, Any]]) -> list[str]:
-    """The model names (with the seed count), made unique with the workdir's name where needed."""
+    """The model names (with the seed count and flip TTA), made unique with the workdir's name
+    where needed."""
     labels = [s["model"] + (f" ×{len(s['seeds'])}" if len(s["seeds"]) > 1 and "parts" not in s
-                            else "")
+                            else "") + (" +TTA" if s.get("tta") else "")
               + (f" [{report.setting_text(s['setting']['values'])}]" if "setting" in s else "")
               for s in summaries]
     return [f"{label} ({Path(s['workdir']).name})" if labels.count(label) > 1 else label
