@@ -1,4 +1,4 @@
-"""Calibration: temperature scaling fitted on the validation split, and how far to trust a prediction.
+"""Calibration: temperature scaling fitted on the validation split; how far to trust a prediction.
 
 Temperature scaling (Guo et al. 2017) divides every member's logits by one number T > 0, fitted to
 minimise the log loss of the validation split (never the test split); the predicted class does not

@@ -42,7 +42,7 @@ def load_summaries(paths: Sequence[str | Path], split: str = "test") -> list[dic
 
 
 def _read_predictions(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """(labels, predicted classes) of a predictions CSV that `evaluation.write_predictions` wrote."""
+    """(labels, predicted classes) of a predictions CSV (`evaluation.write_predictions`)."""
     if not path.is_file():
         raise UserError(f"{path} is missing: the paired comparison needs the predictions of the "
                         f"evaluation; evaluate again with scripts/evaluate.py")
@@ -57,8 +57,8 @@ def correctness(folder: Path, summary: dict[str, Any]) -> tuple[np.ndarray, np.n
     labels, predicted = _read_predictions(folder / "predictions.csv")
     members = None
     if "members" in summary:
-        members = np.stack([np.equal(*_read_predictions(folder / f"predictions-seed{m['seed']}.csv"))
-                            for m in summary["members"]])
+        members = np.stack([np.equal(*_read_predictions(folder / f"predictions-seed{seed}.csv"))
+                            for seed in (m["seed"] for m in summary["members"])])
     return labels, predicted == labels, members
 
 

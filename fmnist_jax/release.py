@@ -141,8 +141,8 @@ def export(workdir: str | Path, out: str | Path, seed: int | None = None,
     that differs from the run, the test split is evaluated again, so that the release records the
     test accuracy its evaluation gives; so it is with `calibrated`, which divides the released
     model's logits by a temperature fitted on the validation split (`calibration.py`; a release
-    re-exported without it keeps the temperature it had). The release is assembled beside `out` and renamed into
-    place, so `out` is never half-written.
+    re-exported without it keeps the temperature it had). The release is assembled beside `out`
+    and renamed into place, so `out` is never half-written.
     """
     workdir, out = Path(workdir), Path(out)
     _check_out(out, overwrite)

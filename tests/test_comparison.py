@@ -48,9 +48,10 @@ def folders(tmp_path_factory) -> tuple[list[Path], list[dict]]:
     a = _wrong_on(labels, 1000, rng)
     b = a.copy()
     b[np.flatnonzero(a != labels)[:100]] = labels[np.flatnonzero(a != labels)[:100]]
-    made = [_evaluation(root / "a", labels, a, [_wrong_on(labels, 1000 + d, rng) for d in (0, 5, -5)]),
-            _evaluation(root / "b", labels, b, [_wrong_on(labels, 800 + d, rng) for d in (0, 5, -5)]),
-            _evaluation(root / "c", labels, a)]
+    members = {name: [_wrong_on(labels, wrong + d, rng) for d in (0, 5, -5)]
+               for name, wrong in (("a", 1000), ("b", 800))}
+    made = [_evaluation(root / "a", labels, a, members["a"]),
+            _evaluation(root / "b", labels, b, members["b"]), _evaluation(root / "c", labels, a)]
     return [f for f, _ in made], [s for _, s in made]
 
 

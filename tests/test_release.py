@@ -107,7 +107,8 @@ def test_a_release_set_aside_by_a_killed_replacement_is_put_back(mlp_release):
 
 def test_a_calibrated_release_divides_its_logits_by_the_temperature_fitted_on_val(
         trained, tmp_path, real_data_dir):
-    from fmnist_jax import calibration, data, evaluation, portable  # pylint: disable=import-outside-toplevel
+    # pylint: disable-next=import-outside-toplevel
+    from fmnist_jax import calibration, data, evaluation, portable
     out = tmp_path / "calibrated"
     result = export(trained, out, "--calibrated")
     assert result.returncode == 0, result.stderr[-3000:]
