@@ -30,6 +30,7 @@ SIZE = 28
 TRIM_TOLERANCE = 0.05 * 255  # the dataset trimmed edges within 5% of the background intensity
 MAX_IMAGE_BYTES = 50 * 2**20  # the largest file decoded
 MAX_IMAGE_PIXELS = 40_000_000  # the most pixels a decoded image may have (e.g. 8000 x 5000)
+MAX_TOP = 10  # the most classes listed per image (predict.py --top, the server's ?top=)
 
 
 class ImageFileError(UserError):

@@ -47,7 +47,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 import fmnist_jax
 from fmnist_jax import images, portable
-from fmnist_jax.errors import UserError
+from fmnist_jax.errors import UserError, reading
 from fmnist_jax.serving_limits import BoundedBodies, DecodeBudget, Limits
 from fmnist_jax.serving_limits import Refused as RequestError
 
@@ -56,7 +56,6 @@ SHAPE = (images.SIZE, images.SIZE, 1)
 BATCH_SIZES = (1, 8, 32, 128)
 MAX_IMAGES = 128  # per request
 MAX_IMAGE_BYTES = 8 * 2**20  # per image file
-MAX_TOP = 10
 INLINE_DECODE_PIXELS = 256 * 256  # smaller images are decoded in the event loop, larger in a thread
 KEEP_ALIVE_SECONDS = 75  # idle connections kept open: clients that reuse them never race a close
 
@@ -299,10 +298,9 @@ def _check_count(count: int, where: str) -> None:
 
 
 def _top(request: Request, classes: int) -> int:
-    text = request.query_params.get("top", "3")
-    if not (text.isascii() and text.isdigit()) or not 1 <= int(text) <= min(MAX_TOP, classes):
-        raise RequestError(400, f"top must be a whole number from 1 to {min(MAX_TOP, classes)}, "
-                                f"got {text!r}")
+    text, most = request.query_params.get("top", "3"), min(images.MAX_TOP, classes)
+    if not (text.isascii() and text.isdigit()) or not 1 <= int(text) <= most:
+        raise RequestError(400, f"top must be a whole number from 1 to {most}, got {text!r}")
     return int(text)
 
 
@@ -393,9 +391,11 @@ def serve(path: str | Path, host: str, port: int, max_batch: int, window: float,
           limits: Limits = Limits()) -> None:
     """Serves the model in `path` until SIGINT/SIGTERM (uvicorn's graceful shutdown, cut short
     after `limits.shutdown_seconds`)."""
-    model = load_model(path)
-    app = create_app(model, max_batch, window, limits)
-    print(f"serving {model.metadata['model']} on http://{host}:{port}/ (batch sizes "
+    with reading(path):  # a damaged model stops the start with one line
+        model = load_model(path)
+        app = create_app(model, max_batch, window, limits)
+        name = model.metadata["model"]
+    print(f"serving {name} on http://{host}:{port}/ (batch sizes "
           f"{list(batch_sizes(max_batch))}, window {window * 1000:g} ms)", flush=True)
     uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False,
                 timeout_keep_alive=KEEP_ALIVE_SECONDS, limit_concurrency=limits.connections,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -21,6 +22,7 @@ import numpy as np
 
 from fmnist_jax import data, evaluation, plots
 from fmnist_jax import train as train_lib
+from fmnist_jax.errors import UserError
 
 if TYPE_CHECKING:
     from fmnist_jax.evaluation import Restored
@@ -74,10 +76,15 @@ def cached_training_embeddings(restored: Restored, cache_dir: Path | None = None
     key = {"step": restored.step, "checkpoint": restored.checkpoint, "member": 0}
     train = training_split(restored)
     array, record = cache_dir / "train.npy", cache_dir / "train.json"
-    if record.is_file() and array.is_file() and json.loads(record.read_text()) == key:
-        embeddings = np.load(array)
-        if len(embeddings) == len(train.labels):
-            return embeddings, train
+    if record.is_file() and array.is_file():
+        try:
+            if json.loads(record.read_text()) == key:
+                embeddings = np.load(array)
+                if embeddings.shape[0] == len(train.labels):
+                    return embeddings, train
+        except (ValueError, OSError, EOFError) as e:  # a damaged cache (truncated, garbled)
+            print(f"the cached embeddings in {cache_dir} cannot be read ({e}); computing them "
+                  f"again", file=sys.stderr)
     embeddings = embed(restored, train.images)
     cache_dir.mkdir(parents=True, exist_ok=True)
     temporary = cache_dir / "train.tmp.npy"
@@ -125,6 +132,14 @@ def embedding_map(restored: Restored, images: np.ndarray, labels: np.ndarray, ti
     out.mkdir(parents=True, exist_ok=True)
     return plots.save(plots.embedding_figure(points, labels, restored.class_names, title),
                       out / "embedding_map.png")
+
+
+def check_k(restored: Restored, k: int) -> None:
+    """Refuses asking for more neighbours than the run's training split has images."""
+    size = restored.meta["data"]["train_size"]
+    if k > size:
+        raise UserError(f"-k={k} asks for more neighbours than the {size} training images of "
+                        f"{restored.workdir}; give -k from 1 to {size}")
 
 
 def search(restored: Restored, queries: np.ndarray, names: Sequence[str], k: int,

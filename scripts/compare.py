@@ -38,11 +38,12 @@ def main(argv) -> None:
     parser.add_argument("--baseline", default="first", metavar="DIR|first|previous",
                         help="what each model is compared with, image by image: one of the DIRs, "
                              "the first (default), or previous (each row with the row above)")
-    parser.add_argument("--output", default="compare.md", help="markdown file (default compare.md)")
+    parser.add_argument("--output", default="compare.md", type=cli.output_file,
+                        help="markdown file (default compare.md)")
     parser.add_argument("--debug", action="store_true", help="show tracebacks of input errors")
     args = parser.parse_args(argv)
     from fmnist_jax import comparison  # pylint: disable=import-outside-toplevel
-    print(comparison.write_comparison(args.dirs, Path(args.output), args.split, args.baseline))
+    print(comparison.write_comparison(args.dirs, args.output, args.split, args.baseline))
     print(f"wrote {args.output}")
 
 

@@ -54,7 +54,7 @@ def evaluate_ensemble(args) -> tuple[dict, list[Path], Path]:
     from fmnist_jax import ensemble, report  # pylint: disable=import-outside-toplevel
     if not args.output_dir:
         raise UserError("several --workdir make an ensemble: give --output-dir=DIR for it")
-    out = Path(args.output_dir)
+    out = args.output_dir
     parts, summary, probabilities = ensemble.evaluate_ensemble(
         args.workdir, args.split, args.checkpoint, args.ensemble_weights, args.data_dir, args.tta)
     for part in summary["parts"]:
@@ -72,8 +72,9 @@ def main(argv) -> None:
     parser.add_argument("--checkpoint", choices=("best", "latest"), default="best",
                         help="each member's best-by-validation weights, or the latest ones "
                              "(the moving average of the weights when the run kept one)")
-    parser.add_argument("--output-dir", help="where to write (default WORKDIR/eval-SPLIT; "
-                                             "required with several workdirs)")
+    parser.add_argument("--output-dir", type=cli.output_dir,
+                        help="where to write (default WORKDIR/eval-SPLIT; required with several "
+                             "workdirs)")
     parser.add_argument("--ensemble-weights", choices=("equal", "val"), default="equal",
                         help="with several workdirs: equal weights, or weights fitted on the "
                              "validation split (which the workdirs must share)")
@@ -84,13 +85,18 @@ def main(argv) -> None:
                         help="skip the calibration (temperature scaling fitted on the validation "
                              "split, ECE and log loss before and after, reliability diagram, "
                              "accuracy-coverage curve)")
-    parser.add_argument("--setting", type=int, metavar="K",
+    parser.add_argument("--setting", type=cli.whole_number(0), metavar="K",
                         help="of a sweep: evaluate the members of setting K (see its sweep.md); "
                              "default the best setting, chosen on the validation split")
     cli.add_data_flag(parser)
     cli.add_tta_flag(parser, "as the run or release recorded, config.tta")
     parser.add_argument("--debug", action="store_true", help="show tracebacks of input errors")
     args = parser.parse_args(argv)
+    if len(args.workdir) > 1 and args.setting is not None:
+        parser.error("--setting picks a setting of one sweep's --workdir; an ensemble of several "
+                     "takes each one's best setting")
+    if len(args.workdir) == 1 and args.ensemble_weights != "equal":
+        parser.error("--ensemble-weights weighs several --workdir; give two or more")
     start = time.perf_counter()
     from fmnist_jax import report  # pylint: disable=import-outside-toplevel
     summary, written, out = (evaluate_ensemble if len(args.workdir) > 1 else evaluate_one)(args)

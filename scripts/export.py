@@ -37,13 +37,17 @@ def main(argv) -> None:
                         help="divide the model's logits by a temperature fitted on the validation "
                              "split, so that its probabilities match its accuracy (recorded in "
                              "release.json and model.json)")
-    parser.add_argument("--member", type=int, metavar="K",
+    parser.add_argument("--member", type=cli.whole_number(0), metavar="K",
                         help="release member K only (of a sweep: setting K // seeds, seed "
                              "SEED + K %% seeds)")
     parser.add_argument("--debug", action="store_true", help="show tracebacks of input errors")
     args = parser.parse_args(argv)
     if (args.out is None) != args.portable_only:
         parser.error("give either --out=DIR (a release) or --portable-only")
+    cli.refuse_together(parser, args, "--member", ["seed"],
+                        "it names the member itself; give one of them")
+    cli.refuse_together(parser, args, "--portable-only", ["seed", "member", "overwrite", "tta"],
+                        "it exports the model of --workdir as it is, into --workdir")
     from fmnist_jax import release  # pylint: disable=import-outside-toplevel
     if args.portable_only:
         paths = release.write_portable(args.workdir)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from fmnist_jax import cli  # noqa: E402  pylint: disable=wrong-import-position
+from fmnist_jax import cli, images  # noqa: E402  pylint: disable=wrong-import-position
 from fmnist_jax.errors import UserError  # noqa: E402  pylint: disable=wrong-import-position
 
 
@@ -36,20 +36,20 @@ def main(argv) -> None:
                         help="each member's best-by-validation weights, or the latest ones "
                              "(the moving average of the weights when the run kept one)")
     cli.add_tta_flag(parser, "as the run or release recorded, config.tta")
-    parser.add_argument("--top", type=int, default=3, help="classes to show per file (default 3)")
+    parser.add_argument("--top", type=cli.whole_number(1, images.MAX_TOP), default=3,
+                        help=f"classes to show per file, 1 to {images.MAX_TOP} (default 3)")
     parser.add_argument("--json", action="store_true", help="print one JSON list of the results")
-    parser.add_argument("--explain", metavar="DIR",
+    parser.add_argument("--explain", metavar="DIR", type=cli.output_dir,
                         help="also write heat maps (Grad-CAM for convolutional models, integrated "
                              "gradients for all) of the predicted and runner-up classes to DIR")
     parser.add_argument("--debug", action="store_true", help="show tracebacks of input errors")
     args = parser.parse_args(argv)
-    # pylint: disable-next=import-outside-toplevel
-    from fmnist_jax import evaluation, explain, images
+    from fmnist_jax import evaluation, explain  # pylint: disable=import-outside-toplevel
     restored = evaluation.for_setting(
         evaluation.load_workdir(args.workdir, args.checkpoint, tta=args.tta))
     results = images.classify(restored, args.images, args.top)
     if args.explain:
-        for figure in explain.explain_files(restored, args.images, Path(args.explain)):
+        for figure in explain.explain_files(restored, args.images, args.explain):
             print(f"wrote {figure}", file=sys.stderr)
     if args.json:
         print(json.dumps(results, indent=2))
