@@ -10,9 +10,9 @@
 
 Images are preprocessed as predict.py does (`images.read_image`, `images.to_model_input`). The
 model is the portable one (`portable.py`): read from a release or export, or exported in memory from
-a workdir. Concurrent requests are gathered into one call (`Batcher`: a short window or a full
-batch, whichever first), padded to one of a few fixed batch sizes compiled at start, so nothing
-compiles while serving. A bad request gets a JSON error with a 4xx status.
+a workdir. Concurrent requests are gathered into one call (`Batcher`: a request that finds the
+model idle runs at once; those that arrive while it runs form the next batch), padded to one of a
+few fixed batch sizes compiled at start, so nothing compiles while serving. A bad request gets a JSON error with a 4xx status.
 """
 
 from __future__ import annotations
@@ -170,8 +170,10 @@ class _Waiting:
 
 
 class Batcher:
-    """Gathers concurrent requests' images into one call: it runs when `max_batch` images are
-    waiting or `window` seconds after the first arrived, whichever comes first."""
+    """Gathers concurrent requests' images into one call. With `window` 0 (the default) a request
+    that finds the model idle runs at once, and the requests that arrive while a call runs form the
+    next one: no idle wait, and batches grow with the load. A `window` > 0 makes a call wait up to
+    that long after its first request for more, until `max_batch` images are waiting."""
 
     def __init__(self, predictor: Predictor, window: float):
         self.predictor, self.window = predictor, window
@@ -322,7 +324,7 @@ def _top(request: Request, classes: int) -> int:
 
 
 def create_app(model: portable.Portable, max_batch: int = BATCH_SIZES[-1],
-               window: float = 0.005) -> Starlette:
+               window: float = 0.0) -> Starlette:
     """The app serving `model`; its batch sizes are compiled here, before it answers anyone."""
     metrics = Metrics()
     predictor = Predictor(model, max_batch, metrics)
