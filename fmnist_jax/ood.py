@@ -2,8 +2,8 @@
 
 Four numbers per image (`components`), from one pass of member 0's model:
 
-- `mahalanobis`: the squared Mahalanobis distance of the penultimate embedding (`similar.py`'s)
-  to the nearest class mean, with one covariance shared by the classes (Lee et al. 2018), both fit
+- `mahalanobis`: the squared Mahalanobis distance of the penultimate embedding (`similar.py`'s,
+  scaled to unit length as its cosine similarity does) to the nearest class mean, with one covariance shared by the classes (Lee et al. 2018), both fit
   on training images;
 - `energy`: minus the logsumexp of the logits (Liu et al. 2020);
 - `neg_max_probability`: minus the largest softmax probability (Hendrycks & Gimpel 2017);
@@ -61,8 +61,10 @@ METHODS: dict[str, Callable[[dict[str, np.ndarray], dict[str, Any]], np.ndarray]
     "max_probability": lambda c, p: c["neg_max_probability"],
     "energy": lambda c, p: c["energy"],
     "mahalanobis": lambda c, p: c["mahalanobis"],
-    "mahalanobis+energy": lambda c, p: np.maximum(_standard(c, p, "mahalanobis"),
-                                                  _standard(c, p, "energy")),
+    "mahalanobis+energy": lambda c, p: (_standard(c, p, "mahalanobis")
+                                        + _standard(c, p, "energy")),
+    "max(mahalanobis, energy)": lambda c, p: np.maximum(_standard(c, p, "mahalanobis"),
+                                                        _standard(c, p, "energy")),
 }
 METHOD, VETO = "mahalanobis+energy", True
 
@@ -83,7 +85,9 @@ def components_function(restored: Restored, means: np.ndarray, cholesky: np.ndar
         x = train_lib.normalize(images, stats["mean"], stats["std"])
         embedding, logits = similar.embedding_and_logits(restored.model, variables, x)
         logits = logits.astype(jnp.float32)
-        projected = embedding.astype(jnp.float32) @ factor
+        embedding = embedding.astype(jnp.float32)
+        unit = embedding / jnp.maximum(jnp.linalg.norm(embedding, axis=-1, keepdims=True), 1e-12)
+        projected = unit @ factor
         distances = ((projected[:, None] - projected_means[None]) ** 2).sum(-1).min(-1)
         energy = -jax.nn.logsumexp(logits, axis=-1)
         neg_max = -jax.nn.softmax(logits).max(-1)
@@ -171,7 +175,7 @@ def fit(restored: Restored, seed: int = 0) -> tuple[Callable, dict[str, Any], di
     from fmnist_jax import evaluation, similar  # pylint: disable=import-outside-toplevel
     train = similar.training_split(restored)
     pick = np.sort(np.random.default_rng(seed).permutation(len(train))[:FIT_IMAGES])
-    means, cholesky = class_statistics(similar.embed(restored, train.images[pick]),
+    means, cholesky = class_statistics(similar.unit(similar.embed(restored, train.images[pick])),
                                        train.labels[pick], len(restored.class_names))
     function = jax.jit(components_function(restored, means, cholesky))
     val = as_dict(run_chunked(function, evaluation.load_split(restored.config, "val").images))
