@@ -2,6 +2,9 @@
 
   POST /v1/classify   images as multipart files (field `image`, repeatable) or JSON
                       `{"images": [base64, ...]}`; `?top=K`; answers each image's top-K classes
+                      and whether it looks like Fashion-MNIST (`in_distribution`, `ood_score`)
+  POST /v1/explain    the same inputs; a PNG of the top class's heat map over the image, or
+                      every image's map as JSON with `?format=json`
   GET  /v1/model      name, classes, test accuracy, version, device, limits
   GET  /v1/examples   a few real test images for the web page
   GET  /healthz       {"status": "ok"}
@@ -45,7 +48,7 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 import fmnist_jax
-from fmnist_jax import images, portable
+from fmnist_jax import images, ood, portable
 from fmnist_jax.errors import UserError
 
 STATIC = Path(__file__).resolve().parent / "static"
@@ -82,6 +85,23 @@ def load_model(path: str | Path) -> portable.Portable:
     return portable.Portable(portable.export(restored), portable.metadata(restored))
 
 
+def load_detector(path: str | Path) -> ood.Detector | None:
+    """The out-of-distribution detector shipped beside the model in `path`; None without one."""
+    path = Path(path)
+    return ood.load(path.parent if path.is_file() else path)
+
+
+def load_explainer(path: str | Path) -> Any:
+    """An `explain.Explainer` of the release or workdir `path`; None for an exported model file
+    (which has no weights to take gradients of)."""
+    path = Path(path)
+    if not (path / "checkpoints").is_dir():
+        return None
+    from fmnist_jax import evaluation, explain  # pylint: disable=import-outside-toplevel
+    return explain.Explainer.from_restored(
+        evaluation.for_setting(evaluation.load_workdir(path)))
+
+
 def batch_sizes(max_batch: int) -> tuple[int, ...]:
     """The padded sizes compiled for batches of up to `max_batch` images."""
     if max_batch < 1:
@@ -108,23 +128,29 @@ class Metrics:
 
 
 class Predictor:
-    """The model as one jitted function of padded batches; every size compiled at start."""
+    """The model (and the detector's components, when there is one) as one jitted function of
+    padded batches; every size compiled at start."""
 
-    def __init__(self, model: portable.Portable, max_batch: int, metrics: Metrics):
+    def __init__(self, model: portable.Portable, max_batch: int, metrics: Metrics,
+                 detector: ood.Detector | None = None):
         self.sizes = batch_sizes(max_batch)
         self.metrics = metrics
         self.served = 0  # images classified
 
         def traced(x):
             metrics.compilations.inc()  # runs only when jit traces, i.e. compiles a new shape
-            return model.exported.call(x)
+            out = {"probabilities": model.exported.call(x)}
+            if detector is not None:
+                out["components"] = detector.components(x)
+            return out
 
         self.function = jax.jit(traced)
         for size in self.sizes:
             jax.block_until_ready(self.function(np.zeros((size, *SHAPE), np.uint8)))
 
-    def __call__(self, batch: np.ndarray) -> np.ndarray:
-        """Probabilities `[N, 10]` of uint8 `[N, 28, 28, 1]`, in padded chunks of known sizes."""
+    def __call__(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        """`{"probabilities": [N, 10]}` (and `"components": [N, 4]`) of uint8 `[N, 28, 28, 1]`,
+        in padded chunks of known sizes."""
         outputs = []
         for start in range(0, len(batch), self.sizes[-1]):
             chunk = batch[start:start + self.sizes[-1]]
@@ -132,10 +158,11 @@ class Predictor:
             padded = np.zeros((size, *chunk.shape[1:]), np.uint8)
             padded[:len(chunk)] = chunk
             self.metrics.batch.observe(len(chunk))
-            outputs.append(np.asarray(self.function(padded))[:len(chunk)])
+            outputs.append(jax.tree.map(lambda a, n=len(chunk): np.asarray(a)[:n],
+                                        self.function(padded)))
         self.metrics.images.inc(len(batch))
         self.served += len(batch)
-        return np.concatenate(outputs)
+        return jax.tree.map(lambda *parts: np.concatenate(parts), *outputs)
 
 
 class Measured:
@@ -182,7 +209,7 @@ class Batcher:
         self.arrived = asyncio.Event()
         self.executor = concurrent.futures.ThreadPoolExecutor(1, "model")
 
-    async def classify(self, batch: np.ndarray) -> np.ndarray:
+    async def classify(self, batch: np.ndarray) -> Any:
         future = asyncio.get_running_loop().create_future()
         self.waiting.append(_Waiting(batch, future))
         self.arrived.set()
@@ -219,7 +246,7 @@ class Batcher:
         while True:
             taken = await self._gather()
             try:
-                probabilities = await loop.run_in_executor(
+                outputs = await loop.run_in_executor(
                     self.executor, self.predictor, np.concatenate([w.images for w in taken]))
             except Exception as e:  # pylint: disable=broad-except
                 for w in taken:
@@ -229,7 +256,7 @@ class Batcher:
             offsets = np.cumsum([0] + [len(w.images) for w in taken])
             for w, start, stop in zip(taken, offsets[:-1], offsets[1:]):
                 if not w.future.done():
-                    w.future.set_result(probabilities[start:stop])
+                    w.future.set_result(jax.tree.map(lambda a, i=start, j=stop: a[i:j], outputs))
 
 
 def pixels(data: bytes) -> int:
@@ -323,12 +350,55 @@ def _top(request: Request, classes: int) -> int:
     return int(text)
 
 
+async def _uploaded(request: Request) -> tuple[list[str], np.ndarray]:
+    """The names and model inputs `[N, 28, 28, 1]` of a request's images (multipart or JSON)."""
+    length = request.headers.get("content-length", "0")
+    if length.isdigit() and int(length) > MAX_REQUEST_BYTES:
+        raise RequestError(413, f"the request is over {MAX_REQUEST_BYTES} bytes; send fewer "
+                                f"or smaller images")
+    kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if kind == "multipart/form-data":
+        files = await _multipart_files(request)
+    elif kind == "application/json":
+        files = await _json_files(request)
+    else:
+        raise RequestError(415, f"content type {kind or 'none'!r} is not accepted; send "
+                                f"multipart/form-data (field 'image') or application/json")
+    inputs = [decode(data, name) if pixels(data) <= INLINE_DECODE_PIXELS
+              else await asyncio.to_thread(decode, data, name) for name, data in files]
+    return [name for name, _ in files], np.stack(inputs)
+
+
+def _flags(detector: ood.Detector | None, outputs: dict[str, np.ndarray]) -> list[dict]:
+    if detector is None:
+        return ood.no_flag(len(outputs["probabilities"]))
+    return detector.flag(outputs["components"])
+
+
+def _heat_maps(explainer: Any, inputs: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    """The explainer's first method's maps `[N, 28, 28]`, one compiled call of one image each."""
+    method = explainer.methods[0]
+    return np.concatenate([explainer.attributions(method, inputs[i:i + 1], targets[i:i + 1])
+                           for i in range(len(inputs))])
+
+
+def _png(picture: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(picture).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
 def create_app(model: portable.Portable, max_batch: int = BATCH_SIZES[-1],
-               window: float = 0.0) -> Starlette:
-    """The app serving `model`; its batch sizes are compiled here, before it answers anyone."""
+               window: float = 0.0, detector: ood.Detector | None = None,
+               explainer: Any = None) -> Starlette:
+    """The app serving `model` (with its out-of-distribution `detector` and `explainer` when
+    given); its batch sizes are compiled here, before it answers anyone."""
+    from fmnist_jax import explain  # pylint: disable=import-outside-toplevel
     metrics = Metrics()
-    predictor = Predictor(model, max_batch, metrics)
+    predictor = Predictor(model, max_batch, metrics, detector)
     batcher = Batcher(predictor, window)
+    if explainer is not None:  # compiled now: the first request does not wait for it
+        _heat_maps(explainer, np.zeros((1, *SHAPE), np.uint8), np.zeros(1, np.int32))
     info = {"name": model.metadata["model"], "classes": model.class_names,
             "test_accuracy": model.metadata.get("test_accuracy"),
             "predictor": model.metadata.get("predictor"), "seeds": model.metadata.get("seeds"),
@@ -337,29 +407,42 @@ def create_app(model: portable.Portable, max_batch: int = BATCH_SIZES[-1],
                         "commit": model.metadata.get("commit")},
             "device": f"{jax.devices()[0].device_kind} ({jax.default_backend()})",
             "batch_sizes": list(predictor.sizes), "batch_window_ms": window * 1000,
+            "ood": None if detector is None else {
+                k: detector.parameters[k] for k in ("method", "veto", "threshold",
+                                                    "validation_accepted")},
+            "explain": None if explainer is None else explainer.methods[0],
             "limits": {"images_per_request": MAX_IMAGES, "image_bytes": MAX_IMAGE_BYTES,
                        "image_pixels": MAX_IMAGE_PIXELS, "request_bytes": MAX_REQUEST_BYTES}}
 
     async def classify(request: Request) -> Response:
         top = _top(request, len(model.class_names))
-        length = request.headers.get("content-length", "0")
-        if length.isdigit() and int(length) > MAX_REQUEST_BYTES:
-            raise RequestError(413, f"the request is over {MAX_REQUEST_BYTES} bytes; send fewer "
-                                    f"or smaller images")
-        kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
-        if kind == "multipart/form-data":
-            files = await _multipart_files(request)
-        elif kind == "application/json":
-            files = await _json_files(request)
-        else:
-            raise RequestError(415, f"content type {kind or 'none'!r} is not accepted; send "
-                                    f"multipart/form-data (field 'image') or application/json")
-        inputs = [decode(data, name) if pixels(data) <= INLINE_DECODE_PIXELS
-                  else await asyncio.to_thread(decode, data, name) for name, data in files]
-        probabilities = await batcher.classify(np.stack(inputs))
+        names, inputs = await _uploaded(request)
+        outputs = await batcher.classify(inputs)
         return JSONResponse({"model": info["name"], "results": [
-            {"file": name, "top": images.top_classes(p, model.class_names, top)}
-            for (name, _), p in zip(files, probabilities)]})
+            {"file": name, "top": images.top_classes(p, model.class_names, top), **flag}
+            for name, p, flag in zip(names, outputs["probabilities"],
+                                     _flags(detector, outputs))]})
+
+    async def explain_route(request: Request) -> Response:
+        answer = request.query_params.get("format", "png")
+        if answer not in ("png", "json"):
+            raise RequestError(400, f"format must be png or json, got {answer!r}")
+        if explainer is None:
+            raise RequestError(404, "this server has no explainer (it serves an exported model "
+                                    "file); serve a release or workdir folder to explain")
+        names, inputs = await _uploaded(request)
+        if answer == "png" and len(inputs) > 1:
+            raise RequestError(400, f"a PNG explains one image, got {len(inputs)}; send one, "
+                                    f"or ask ?format=json")
+        outputs = await batcher.classify(inputs)
+        targets = outputs["probabilities"].argmax(-1)
+        maps = await asyncio.to_thread(_heat_maps, explainer, inputs, targets)
+        if answer == "png":
+            return Response(_png(explain.overlay(inputs[0], maps[0])), media_type="image/png")
+        return JSONResponse({"model": info["name"], "method": explainer.methods[0], "results": [
+            {"file": name, "class": model.class_names[t], "label": int(t), **flag,
+             "map": np.round(m, 5).tolist()}
+            for name, t, m, flag in zip(names, targets, maps, _flags(detector, outputs))]})
 
     async def examples(_: Request) -> Response:
         listed = json.loads((STATIC / "examples" / "examples.json").read_text())
@@ -394,6 +477,7 @@ def create_app(model: portable.Portable, max_batch: int = BATCH_SIZES[-1],
               Route("/v1/model", lambda _: JSONResponse(info)),
               Route("/v1/examples", examples),
               Route("/v1/classify", classify, methods=["POST"]),
+              Route("/v1/explain", explain_route, methods=["POST"]),
               Route("/metrics", metrics_page),
               Mount("/static", StaticFiles(directory=STATIC), name="static")]
     measured = Middleware(Measured, metrics=metrics, paths={r.path for r in routes})
@@ -405,7 +489,7 @@ def create_app(model: portable.Portable, max_batch: int = BATCH_SIZES[-1],
 def serve(path: str | Path, host: str, port: int, max_batch: int, window: float) -> None:
     """Serves the model in `path` until SIGINT/SIGTERM (uvicorn's graceful shutdown)."""
     model = load_model(path)
-    app = create_app(model, max_batch, window)
+    app = create_app(model, max_batch, window, load_detector(path), load_explainer(path))
     print(f"serving {model.metadata['model']} on http://{host}:{port}/ (batch sizes "
           f"{list(batch_sizes(max_batch))}, window {window * 1000:g} ms)", flush=True)
     uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False,
