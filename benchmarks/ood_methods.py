@@ -22,7 +22,8 @@ sys.path.insert(0, str(ROOT))
 # pylint: disable-next=wrong-import-position
 from fmnist_jax import evaluation, ood  # noqa: E402
 
-RELEASES = [str(ROOT / "checkpoints" / "pretrained" / m) for m in ("mlp", "cnn", "cnn_deep", "lstm")]
+RELEASES = [str(ROOT / "checkpoints" / "pretrained" / m)
+            for m in ("mlp", "cnn", "cnn_deep", "lstm")]
 
 
 def auroc(detector: ood.Detector, inliers: dict, outliers: dict) -> float:

@@ -3,8 +3,8 @@
 Four numbers per image (`components`), from one pass of member 0's model:
 
 - `mahalanobis`: the squared Mahalanobis distance of the penultimate embedding (`similar.py`'s,
-  scaled to unit length as its cosine similarity does) to the nearest class mean, with one covariance shared by the classes (Lee et al. 2018), both fit
-  on training images;
+  scaled to unit length as its cosine similarity does) to the nearest class mean, with one
+  covariance shared by the classes (Lee et al. 2018), both fit on training images;
 - `energy`: minus the logsumexp of the logits (Liu et al. 2020);
 - `neg_max_probability`: minus the largest softmax probability (Hendrycks & Gimpel 2017);
 - `ink`: the share of pixels brighter than `INK_LEVEL`.

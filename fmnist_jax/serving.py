@@ -15,7 +15,8 @@ Images are preprocessed as predict.py does (`images.read_image`, `images.to_mode
 model is the portable one (`portable.py`): read from a release or export, or exported in memory from
 a workdir. Concurrent requests are gathered into one call (`Batcher`: a request that finds the
 model idle runs at once; those that arrive while it runs form the next batch), padded to one of a
-few fixed batch sizes compiled at start, so nothing compiles while serving. A bad request gets a JSON error with a 4xx status.
+few fixed batch sizes compiled at start, so nothing compiles while serving. A bad request gets a
+JSON error with a 4xx status.
 """
 
 from __future__ import annotations
@@ -393,7 +394,6 @@ def create_app(model: portable.Portable, max_batch: int = BATCH_SIZES[-1],
                explainer: Any = None) -> Starlette:
     """The app serving `model` (with its out-of-distribution `detector` and `explainer` when
     given); its batch sizes are compiled here, before it answers anyone."""
-    from fmnist_jax import explain  # pylint: disable=import-outside-toplevel
     metrics = Metrics()
     predictor = Predictor(model, max_batch, metrics, detector)
     batcher = Batcher(predictor, window)
@@ -438,6 +438,7 @@ def create_app(model: portable.Portable, max_batch: int = BATCH_SIZES[-1],
         targets = outputs["probabilities"].argmax(-1)
         maps = await asyncio.to_thread(_heat_maps, explainer, inputs, targets)
         if answer == "png":
+            from fmnist_jax import explain  # pylint: disable=import-outside-toplevel
             return Response(_png(explain.overlay(inputs[0], maps[0])), media_type="image/png")
         return JSONResponse({"model": info["name"], "method": explainer.methods[0], "results": [
             {"file": name, "class": model.class_names[t], "label": int(t), **flag,
