@@ -15,8 +15,10 @@ Images are preprocessed as predict.py does (`images.read_image`, `images.to_mode
 model is the portable one (`portable.py`): read from a release or export, or exported in memory from
 a workdir. Concurrent requests are gathered into one call (`Batcher`: a request that finds the
 model idle runs at once; those that arrive while it runs form the next batch), padded to one of a
-few fixed batch sizes compiled at start, so nothing compiles while serving. A bad request gets a
-JSON error with a 4xx status.
+few fixed batch sizes compiled at start, so nothing compiles while serving. The
+out-of-distribution detector (`ood.py`) is the one the release ships, run in the same compiled call;
+the explainer (`explain.py`) needs a release or workdir's weights. A bad request gets a JSON error
+with a 4xx status.
 """
 
 from __future__ import annotations
