@@ -20,14 +20,14 @@ from typing import Any
 import jax
 import numpy as np
 
-from fmnist_jax import calibration, evaluation, metrics, portable, run, sweep
+from fmnist_jax import calibration, evaluation, metrics, ood, portable, run, sweep
 from fmnist_jax.checkpointing import Checkpoints
 from fmnist_jax.errors import UserError
 
 log = logging.getLogger(__name__)
 # What a release folder holds; a folder with anything else is never replaced.
 RELEASE_FILES = ("checkpoints", "config.json", "metrics.jsonl", "release.json", "summary.json",
-                 portable.MODEL_FILE, portable.METADATA_FILE)
+                 portable.MODEL_FILE, portable.METADATA_FILE, ood.MODEL_FILE, ood.PARAMETERS_FILE)
 
 
 def _member(tree: Any, index: int | None) -> Any:
@@ -245,8 +245,10 @@ def _replace(staging: Path, out: Path) -> None:
 
 
 def write_portable(folder: str | Path) -> list[Path]:
-    """The portable model (`portable.py`) of the workdir or release `folder`, written into it."""
-    return portable.write(evaluation.for_setting(evaluation.load_workdir(folder, "best")), folder)
+    """The portable model (`portable.py`) of the workdir or release `folder` and its
+    out-of-distribution detector (`ood.py`), written into it; the paths."""
+    restored = evaluation.for_setting(evaluation.load_workdir(folder, "best"))
+    return portable.write(restored, folder) + ood.write(restored, folder)
 
 
 def size_bytes(path: str | Path) -> int:
