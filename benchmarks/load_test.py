@@ -9,7 +9,8 @@ framework's ceiling: routing, HTTP and the event loop, no model) and `/v1/classi
 image as a PNG per request) for `--seconds` each with `hey -z`, reads every request's latency and
 status from hey's CSV, and the images per model call from the server's /metrics. Prints one
 markdown table (requests/s, p50/p99, ratios to /healthz at the same concurrency, requests not
-answered 200) and the model call alone per padded batch size (no HTTP). hey shares the machine
+answered 200, the server's CPU time per request from /proc: what load from other processes changes
+least) and the model call alone per padded batch size (no HTTP). hey shares the machine
 with the server: on a small machine it takes part of the CPU, as any client there would.
 """
 
@@ -19,6 +20,7 @@ import argparse
 import csv
 import io
 import json
+import os
 import shutil
 import socket
 import subprocess
@@ -70,6 +72,21 @@ def hey(url: str, clients: int, seconds: float, body: Path | None = None) -> dic
             "not_200": sum(r["status-code"] != "200" for r in rows)}
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of process `pid` so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def measured(server: subprocess.Popen, url: str, clients: int, seconds: float,
+             body: Path | None = None) -> dict:
+    """`hey` with the server's CPU milliseconds per request added."""
+    before = cpu_seconds(server.pid)
+    result = hey(url, clients, seconds, body)
+    result["cpu_ms"] = (cpu_seconds(server.pid) - before) * 1000 / max(result["requests"], 1)
+    return result
+
+
 def batch_counts(url: str) -> tuple[float, float]:
     """The server's model calls and images so far, from /metrics."""
     values = dict(line.rsplit(" ", 1) for line in httpx.get(f"{url}/metrics").text.splitlines()
@@ -105,9 +122,9 @@ def load(workdir: str, flags: list[str], clients: list[int], seconds: float) -> 
             hey(f"{url}/v1/classify", 4, 1, body)  # warm connections and caches
             rows = []
             for c in clients:
-                health = hey(f"{url}/healthz", c, seconds)
+                health = measured(server, f"{url}/healthz", c, seconds)
                 calls, images = batch_counts(url)
-                classify = hey(f"{url}/v1/classify", c, seconds, body)
+                classify = measured(server, f"{url}/v1/classify", c, seconds, body)
                 calls_after, images_after = batch_counts(url)
                 classify["images_per_call"] = (images_after - images) / max(calls_after - calls, 1)
                 rows += [{"path": "/healthz", "clients": c, **health},
@@ -138,14 +155,14 @@ def model_throughput(workdir: str, repeats: int = 20) -> dict[int, float]:
 
 def table(rows: list[dict]) -> str:
     lines = ["| path | clients | requests/s | p50 ms | p99 ms | requests | not 200 | "
-             "images per model call | requests/s ÷ /healthz | p50 ÷ /healthz |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "server CPU ms per request | images per model call | requests/s ÷ /healthz | "
+             "p50 ÷ /healthz |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         extra = (f"{r['images_per_call']:.1f} | {r['rps_ratio']:.2f} | {r['p50_ratio']:.1f}"
                  if "rps_ratio" in r else " | | ")
         lines.append(f"| `{r['path']}` | {r['clients']} | {r['requests_per_second']:,.0f} | "
                      f"{r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['requests']:,} | "
-                     f"{r['not_200']} | {extra} |")
+                     f"{r['not_200']} | {r['cpu_ms']:.2f} | {extra} |")
     return "\n".join(lines)
 
 
