@@ -166,7 +166,7 @@ async def attack(port: int, seconds: float, per_kind: int) -> dict[str, collecti
 
 def hey(url: str, seconds: float, clients: int) -> dict:
     """Normal traffic: `clients` hey workers posting one real test image each request."""
-    content_type, body = multipart("normal.png", load_test.pngs(1)[0])
+    content_type, body = multipart("normal.png", load_test.png(0))
     with tempfile.NamedTemporaryFile(suffix=".body") as f:
         f.write(body)
         f.flush()

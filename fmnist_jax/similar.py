@@ -31,6 +31,21 @@ CACHE = "eval-embeddings"
 CHUNK = 1024  # queries per similarity block (a block of 1024 x 54,000 floats is 221 MB)
 
 
+def embedding_and_logits(model: nn.Module, variables: Any, x: jax.Array, *,
+                         train: bool = False) -> tuple[jax.Array, jax.Array]:
+    """The classifier's input `[B, D]` (the embedding) and the logits `[B, C]` of normalised `x`."""
+    seen = {}
+
+    def record(next_fun, args, kwargs, context):
+        if isinstance(context.module, nn.Dense) and context.method_name == "__call__":
+            seen["input"] = args[0]  # the last Dense called is the classifier
+        return next_fun(*args, **kwargs)
+
+    with nn.intercept_methods(record):
+        logits = model.apply(variables, x, train=train)
+    return seen["input"].reshape(x.shape[0], -1), logits
+
+
 @dataclasses.dataclass(frozen=True)
 class PenultimateLayer:
     """Quacks like the model for `train.make_predict`: `apply` returns the classifier's input."""
@@ -38,16 +53,7 @@ class PenultimateLayer:
     model: nn.Module
 
     def apply(self, variables: Any, x: jax.Array, *, train: bool) -> jax.Array:
-        seen = {}
-
-        def record(next_fun, args, kwargs, context):
-            if isinstance(context.module, nn.Dense) and context.method_name == "__call__":
-                seen["input"] = args[0]  # the last Dense called is the classifier
-            return next_fun(*args, **kwargs)
-
-        with nn.intercept_methods(record):
-            self.model.apply(variables, x, train=train)
-        return seen["input"].reshape(x.shape[0], -1)
+        return embedding_and_logits(self.model, variables, x, train=train)[0]
 
 
 def embed(restored: Restored, images: np.ndarray, member: int = 0) -> np.ndarray:

@@ -9,7 +9,9 @@ Everything is rebuilt from what the workdir stored. With several seeds, the pred
 ensemble (the average of the members' class probabilities), and each member is reported as well.
 With several workdirs, the predictor averages their probabilities (equal weights, or weights
 fitted on the validation split), and each part is reported beside it. One workdir's evaluation
-explains its predictions too (Grad-CAM, integrated gradients and their sanity checks).
+explains its predictions too (Grad-CAM, integrated gradients and their sanity checks) and
+calibrates them: a temperature fitted on the validation split, the ECE and log loss before and after
+it, a reliability diagram and an accuracy-coverage curve (`export.py --calibrated` ships it).
 Of a sweep (train.py --sweep), the members of one setting are evaluated: the best on validation
 unless --setting says otherwise.
 """
@@ -29,7 +31,7 @@ from fmnist_jax.errors import UserError  # noqa: E402  pylint: disable=wrong-imp
 def evaluate_one(args) -> tuple[dict, list[Path], Path]:
     """One workdir: its metrics, files, figures, embedding map and explanations."""
     # pylint: disable-next=import-outside-toplevel
-    from fmnist_jax import evaluation, explain, similar
+    from fmnist_jax import calibration, evaluation, explain, similar
     restored = evaluation.for_setting(evaluation.load_workdir(
         args.workdir[0], args.checkpoint, args.data_dir, args.tta), args.setting)
     result = evaluation.evaluate(restored, args.split)
@@ -38,6 +40,9 @@ def evaluate_one(args) -> tuple[dict, list[Path], Path]:
     figures = [similar.embedding_map(
         restored, result.images, result.labels,
         f"Penultimate-layer embedding, {restored.meta['model']}, {args.split} split (PCA)", out)]
+    if not args.no_calibration:
+        summary["calibration"], figure = calibration.of_evaluation(result, out)
+        figures.append(figure)
     if not args.no_explain:
         summary["explanations"], explained = explain.explain_evaluation(result, out)
         figures += explained
@@ -76,6 +81,10 @@ def main(argv) -> None:
     parser.add_argument("--no-explain", action="store_true",
                         help="skip the explanations (Grad-CAM, integrated gradients and their "
                              "sanity checks on a few hundred images)")
+    parser.add_argument("--no-calibration", action="store_true",
+                        help="skip the calibration (temperature scaling fitted on the validation "
+                             "split, ECE and log loss before and after, reliability diagram, "
+                             "accuracy-coverage curve)")
     parser.add_argument("--setting", type=cli.whole_number(0), metavar="K",
                         help="of a sweep: evaluate the members of setting K (see its sweep.md); "
                              "default the best setting, chosen on the validation split")

@@ -6,7 +6,9 @@
 
 Each picture is made into a 28x28 grayscale image the way Fashion-MNIST was made (trimmed, resized,
 centred; a dark garment on a light background is negated). A file that cannot be read gets an error
-line and the others are still classified; the exit status is then 2 (bad input).
+line and the others are still classified; the exit status is then 2 (bad input). A release with an
+out-of-distribution detector (ood.json, fmnist_jax/ood.py) also says of each picture whether it
+looks like Fashion-MNIST at all (`in_distribution`, `ood_score`; null without one).
 """
 
 from __future__ import annotations
@@ -25,7 +27,9 @@ def format_result(result: dict) -> str:
     if "error" in result:
         return f"error: {result['error']}"
     top = ", ".join(f"{t['class']} {t['probability']:.1%}" for t in result["top"])
-    return f"{result['file']}: {top}"
+    warning = (f" (does not look like Fashion-MNIST: ood score {result['ood_score']:.2f})"
+               if result["in_distribution"] is False else "")
+    return f"{result['file']}: {top}{warning}"
 
 
 def main(argv) -> None:
@@ -44,10 +48,12 @@ def main(argv) -> None:
                              "gradients for all) of the predicted and runner-up classes to DIR")
     parser.add_argument("--debug", action="store_true", help="show tracebacks of input errors")
     args = parser.parse_args(argv)
-    from fmnist_jax import evaluation, explain  # pylint: disable=import-outside-toplevel
+    # pylint: disable-next=import-outside-toplevel
+    from fmnist_jax import evaluation, explain, images, ood
     restored = evaluation.for_setting(
         evaluation.load_workdir(args.workdir, args.checkpoint, tta=args.tta))
-    results = images.classify(restored, args.images, args.top)
+    results = images.classify(restored, args.images, args.top,
+                               ood.load(args.workdir) if args.checkpoint == "best" else None)
     if args.explain:
         for figure in explain.explain_files(restored, args.images, args.explain):
             print(f"wrote {figure}", file=sys.stderr)

@@ -45,8 +45,10 @@ def main(argv) -> None:
     parser.add_argument("--port", type=int, default=8000, help="port (default 8000)")
     parser.add_argument("--max-batch", type=int, default=128,
                         help="most images per model call (default 128; 1 turns batching off)")
-    parser.add_argument("--batch-window-ms", type=float, default=5.0,
-                        help="how long a batch waits for more requests (default 5 ms)")
+    parser.add_argument("--batch-window-ms", type=float, default=0.0,
+                        help="how long a batch waits for more requests after its first (default "
+                             "0: a request that finds the model idle runs at once, those that "
+                             "arrive meanwhile form the next batch)")
     for field, (kind, help_text) in LIMIT_FLAGS.items():
         parser.add_argument(f"--{field.replace('_', '-')}", type=kind,
                             default=getattr(Limits, field), help=help_text)
