@@ -48,8 +48,7 @@ def main(argv) -> None:
                              "gradients for all) of the predicted and runner-up classes to DIR")
     parser.add_argument("--debug", action="store_true", help="show tracebacks of input errors")
     args = parser.parse_args(argv)
-    # pylint: disable-next=import-outside-toplevel
-    from fmnist_jax import evaluation, explain, images, ood
+    from fmnist_jax import evaluation, explain, ood  # pylint: disable=import-outside-toplevel
     restored = evaluation.for_setting(
         evaluation.load_workdir(args.workdir, args.checkpoint, tta=args.tta))
     results = images.classify(restored, args.images, args.top,
