@@ -156,6 +156,13 @@ def add_tta_flag(parser: argparse.ArgumentParser, default_text: str) -> None:
                              f"(default: {default_text})")
 
 
+def add_runtime_flag(parser: argparse.ArgumentParser) -> None:
+    """--runtime: which exported model runs (see runtime.py)."""
+    parser.add_argument("--runtime", choices=("jax", "onnx"), default="jax",
+                        help="jax runs model.jaxexport (default); onnx runs model.onnx with "
+                             "onnxruntime (the [onnx] extra)")
+
+
 def main_guard(main: Callable[[Sequence[str]], None], argv: Sequence[str] | None = None) -> None:
     """Runs `main`, turning the errors a user can fix into one line on stderr and an exit code."""
     argv = sys.argv[1:] if argv is None else argv

@@ -14,17 +14,14 @@ from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, Any
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from fmnist_jax.errors import UserError
-
-if TYPE_CHECKING:
-    from fmnist_jax.evaluation import Restored
 
 SIZE = 28
 TRIM_TOLERANCE = 0.05 * 255  # the dataset trimmed edges within 5% of the background intensity
@@ -159,15 +156,14 @@ def load_images(paths: Sequence[str | Path]) -> tuple[list[dict[str, Any]], list
     return results, inputs
 
 
-def classify(restored: Restored, paths: Sequence[str | Path], k: int = 3) -> list[dict[str, Any]]:
-    """Per file: its top-`k` classes (of the ensemble when several members), or its error.
-
-    Every readable file goes through one compiled pass.
-    """
+def classify(probabilities: Callable[[np.ndarray], np.ndarray], class_names: Sequence[str],
+             paths: Sequence[str | Path], k: int = 3) -> list[dict[str, Any]]:
+    """Per file: its top-`k` classes by `probabilities` (uint8 `[n, 28, 28, 1]` -> `[n, 10]`),
+    or its error. Every readable file goes through one call."""
     results, inputs = load_images(paths)
     if inputs:
-        probabilities = iter(restored.probabilities(np.stack(inputs)).mean(0))
+        rows = iter(probabilities(np.stack(inputs)))
         for result in results:
             if "error" not in result:
-                result["top"] = top_classes(next(probabilities), restored.class_names, k)
+                result["top"] = top_classes(next(rows), class_names, k)
     return results

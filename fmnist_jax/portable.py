@@ -21,7 +21,7 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -90,7 +90,7 @@ def metadata(restored: Restored) -> dict[str, Any]:
             "jax_version": jax.__version__}
 
 
-def _write_atomically(path: Path, content: bytes) -> None:
+def write_atomically(path: Path, content: bytes) -> None:
     """`content` in `path`, written beside it and renamed: never half-written."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
@@ -107,8 +107,8 @@ def write(restored: Restored, folder: str | Path) -> list[Path]:
     folder = Path(folder)
     paths = [folder / MODEL_FILE, folder / METADATA_FILE]
     serialized = export(restored).serialize()
-    _write_atomically(paths[0], bytes(serialized))
-    _write_atomically(paths[1], (json.dumps(metadata(restored), indent=2) + "\n").encode())
+    write_atomically(paths[0], bytes(serialized))
+    write_atomically(paths[1], (json.dumps(metadata(restored), indent=2) + "\n").encode())
     return paths
 
 
@@ -123,8 +123,29 @@ class Portable:
     def class_names(self) -> list[str]:
         return list(self.metadata["class_names"])
 
+    @property
+    def runtime(self) -> str:
+        return f"jax {jax.__version__}"
+
+    @property
+    def device(self) -> str:
+        return f"{jax.devices()[0].device_kind} ({jax.default_backend()})"
+
     def __call__(self, images: Any) -> jax.Array:
         return self.exported.call(jnp.asarray(images, jnp.uint8))
+
+    def probabilities(self, images: Any) -> np.ndarray:
+        return np.asarray(self(images))
+
+    def batch_function(self, on_compile: Callable[[], None]) -> Callable[[np.ndarray], Any]:
+        """The function a server calls on padded batches: jitted, `on_compile` called on every
+        trace (a new batch size)."""
+
+        def traced(images):
+            on_compile()
+            return self.exported.call(images)
+
+        return jax.jit(traced)
 
 
 def has_export(folder: str | Path) -> bool:

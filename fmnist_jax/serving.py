@@ -9,8 +9,9 @@
   GET  /              the web page (fmnist_jax/static/)
 
 Images are preprocessed as predict.py does (`images.read_image`, `images.to_model_input`). The
-model is the portable one (`portable.py`): read from a release or export, or exported in memory from
-a workdir. Concurrent requests are gathered into one call (`Batcher`: a short window or a full
+model is the portable one (`portable.py`) run by jax, or its ONNX conversion (`onnx_export.py`) run
+by onnxruntime (`runtime.py`): read from a release or export, or exported in memory from a
+workdir. Concurrent requests are gathered into one call (`Batcher`: a short window or a full
 batch, whichever first), padded to one of a few fixed batch sizes compiled at start, so nothing
 compiles while serving. A bad request gets a JSON error with a 4xx status.
 """
@@ -45,7 +46,7 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 import fmnist_jax
-from fmnist_jax import images, portable
+from fmnist_jax import images, runtime
 from fmnist_jax.errors import UserError
 
 STATIC = Path(__file__).resolve().parent / "static"
@@ -66,20 +67,6 @@ class RequestError(Exception):
     def __init__(self, status: int, message: str):
         super().__init__(message)
         self.status = status
-
-
-def load_model(path: str | Path) -> portable.Portable:
-    """The portable model of a release or workdir folder (exported in memory if it has none), or of
-    an exported `model.jaxexport` file."""
-    path = Path(path)
-    if path.is_file() or portable.has_export(path):
-        return portable.load(path)
-    if not path.is_dir():
-        raise UserError(f"{path}: no such workdir, release or exported model; give a folder that "
-                        f"scripts/train.py or scripts/export.py wrote")
-    from fmnist_jax import evaluation  # pylint: disable=import-outside-toplevel
-    restored = evaluation.for_setting(evaluation.load_workdir(path))
-    return portable.Portable(portable.export(restored), portable.metadata(restored))
 
 
 def batch_sizes(max_batch: int) -> tuple[int, ...]:
@@ -110,16 +97,11 @@ class Metrics:
 class Predictor:
     """The model as one jitted function of padded batches; every size compiled at start."""
 
-    def __init__(self, model: portable.Portable, max_batch: int, metrics: Metrics):
+    def __init__(self, model: runtime.Model, max_batch: int, metrics: Metrics):
         self.sizes = batch_sizes(max_batch)
         self.metrics = metrics
         self.served = 0  # images classified
-
-        def traced(x):
-            metrics.compilations.inc()  # runs only when jit traces, i.e. compiles a new shape
-            return model.exported.call(x)
-
-        self.function = jax.jit(traced)
+        self.function = model.batch_function(metrics.compilations.inc)
         for size in self.sizes:
             jax.block_until_ready(self.function(np.zeros((size, *SHAPE), np.uint8)))
 
@@ -321,7 +303,7 @@ def _top(request: Request, classes: int) -> int:
     return int(text)
 
 
-def create_app(model: portable.Portable, max_batch: int = BATCH_SIZES[-1],
+def create_app(model: runtime.Model, max_batch: int = BATCH_SIZES[-1],
                window: float = 0.005) -> Starlette:
     """The app serving `model`; its batch sizes are compiled here, before it answers anyone."""
     metrics = Metrics()
@@ -332,8 +314,8 @@ def create_app(model: portable.Portable, max_batch: int = BATCH_SIZES[-1],
             "predictor": model.metadata.get("predictor"), "seeds": model.metadata.get("seeds"),
             "tta": model.metadata.get("tta"),
             "version": {"fmnist_jax": fmnist_jax.__version__, "jax": jax.__version__,
-                        "commit": model.metadata.get("commit")},
-            "device": f"{jax.devices()[0].device_kind} ({jax.default_backend()})",
+                        "commit": model.metadata.get("commit")}, "runtime": model.runtime,
+            "device": model.device,
             "batch_sizes": list(predictor.sizes), "batch_window_ms": window * 1000,
             "limits": {"images_per_request": MAX_IMAGES, "image_bytes": MAX_IMAGE_BYTES,
                        "image_pixels": MAX_IMAGE_PIXELS, "request_bytes": MAX_REQUEST_BYTES}}
@@ -400,11 +382,14 @@ def create_app(model: portable.Portable, max_batch: int = BATCH_SIZES[-1],
                                          Exception: error})
 
 
-def serve(path: str | Path, host: str, port: int, max_batch: int, window: float) -> None:
-    """Serves the model in `path` until SIGINT/SIGTERM (uvicorn's graceful shutdown)."""
-    model = load_model(path)
+def serve(path: str | Path, host: str, port: int, max_batch: int, window: float,
+          runtime_name: str = "jax") -> None:
+    """Serves the model in `path` with `runtime_name` until SIGINT/SIGTERM (uvicorn's graceful
+    shutdown)."""
+    model = runtime.load(path, runtime_name)
     app = create_app(model, max_batch, window)
-    print(f"serving {model.metadata['model']} on http://{host}:{port}/ (batch sizes "
+    print(f"serving {model.metadata['model']} with {model.runtime} on http://{host}:{port}/ "
+          f"(batch sizes "
           f"{list(batch_sizes(max_batch))}, window {window * 1000:g} ms)", flush=True)
     uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False,
                 timeout_keep_alive=KEEP_ALIVE_SECONDS)
