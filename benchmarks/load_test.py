@@ -118,7 +118,7 @@ def run_mode(workdir: str, flags: list[str], files: list[bytes], clients: int,
 
 def model_throughput(workdir: str, repeats: int = 20) -> dict[int, float]:
     """Images/s of the server's compiled model call alone, per padded batch size (no HTTP)."""
-    predictor = serving.Predictor(serving.load_model(workdir), serving.BATCH_SIZES[-1],
+    predictor = serving.Predictor(runtime.load(workdir), serving.BATCH_SIZES[-1],
                                   serving.Metrics())
     images = data.load_idx_folder(data.DEBIAN_DIR)["test"].images
     out = {}

@@ -8,6 +8,7 @@ import io
 import json
 import os
 import runpy
+import socket
 import subprocess
 import sys
 import time
@@ -62,6 +63,40 @@ def run_main(script: str, *args: str) -> subprocess.CompletedProcess:
         except SystemExit as e:
             code = e.code
     return subprocess.CompletedProcess(list(args), code, stdout.getvalue(), stderr.getvalue())
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def serving(log: Path, *args: str, timeout: float = 240):
+    """`scripts/serve.py ARGS` on a free loopback port until it answers /healthz; yields its base
+    URL and process, and kills it at the end if it still runs."""
+    import httpx  # pylint: disable=import-outside-toplevel  # the [test] extra's HTTP client
+    port = free_port()
+    with log.open("w") as out:
+        process = subprocess.Popen(command("serve", *args, f"--port={port}"), stdout=out,
+                                   stderr=subprocess.STDOUT, cwd=ROOT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            assert process.poll() is None, f"the server exited: {log.read_text()}"
+            try:
+                if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, f"the server did not start: {log.read_text()}"
+            time.sleep(0.5)
+        yield url, process
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
 
 
 def wait_for(path: Path, process: subprocess.Popen, timeout: float = 300) -> None:

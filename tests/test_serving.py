@@ -10,12 +10,8 @@ import io
 import re
 import shutil
 import signal
-import socket
 import struct
-import subprocess
-import sys
 import threading
-import time
 import zlib
 from pathlib import Path
 
@@ -28,9 +24,10 @@ from selenium import webdriver
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
-from fmnist_jax import data, portable, serving
+from fmnist_jax import data, portable, runtime, serving
 from fmnist_jax.config import CONFIG_DIR
 from fmnist_jax.errors import UserError
+from subprocess_runs import serving as serving_process
 
 ROOT = CONFIG_DIR.parent
 RELEASE = ROOT / "checkpoints" / "pretrained" / "cnn"
@@ -38,37 +35,12 @@ MAX_BATCH = 32  # compiles batch sizes 1, 8 and 32
 CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     """The server's base URL; one process for the whole module."""
-    port = free_port()
     log = tmp_path_factory.mktemp("serve") / "serve.log"
-    with log.open("w") as out:
-        process = subprocess.Popen(
-            [sys.executable, str(ROOT / "scripts" / "serve.py"), f"--workdir={RELEASE}",
-             f"--port={port}", f"--max-batch={MAX_BATCH}"], stdout=out, stderr=subprocess.STDOUT,
-            cwd=ROOT)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 240
-    while True:
-        assert process.poll() is None, f"the server exited: {log.read_text()}"
-        try:
-            if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
-                break
-        except httpx.TransportError:
-            pass
-        assert time.monotonic() < deadline, f"the server did not start: {log.read_text()}"
-        time.sleep(0.5)
-    yield {"url": url, "process": process, "log": log}
-    if process.poll() is None:
-        process.kill()
-        process.wait()
+    with serving_process(log, f"--workdir={RELEASE}", f"--max-batch={MAX_BATCH}") as (url, process):
+        yield {"url": url, "process": process, "log": log}
 
 
 @pytest.fixture(scope="module")
@@ -273,8 +245,8 @@ def test_it_serves_a_release_an_exported_file_or_a_workdir_without_an_export(tmp
     x = test_split.images[:5]
     expected = np.asarray(portable.load(source)(x))
     for path in (source, source / portable.MODEL_FILE, bare):
-        model = serving.load_model(path)
+        model = runtime.load(path)
         assert model.metadata["model"] == "lstm"
         chex.assert_trees_all_close(np.asarray(model(x)), expected, atol=1e-6)
     with pytest.raises(UserError, match="no such workdir"):
-        serving.load_model(tmp_path / "missing")
+        runtime.load(tmp_path / "missing")
