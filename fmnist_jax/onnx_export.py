@@ -36,6 +36,15 @@ INPUT_NAME, OUTPUT_NAME = "images", "probabilities"
 INSTALL = "pip install -e '.[onnx]'"
 
 
+def convertible(restored: Restored) -> Restored:
+    """`restored` with what jax2onnx cannot trace replaced by its equal: the lstm's scan over the
+    rows (flax's `nn.RNN`, whose carry shape fails with a symbolic batch size) unrolled."""
+    from fmnist_jax.models.lstm import LSTM  # pylint: disable=import-outside-toplevel
+    if isinstance(restored.model, LSTM):
+        return dataclasses.replace(restored, model=restored.model.clone(scan=False))
+    return restored
+
+
 def convert(restored: Restored) -> bytes:
     """The serialized ONNX model of `restored`'s probabilities function, batch dimension `n`."""
     import jax  # pylint: disable=import-outside-toplevel
@@ -45,7 +54,7 @@ def convert(restored: Restored) -> bytes:
     except ImportError:
         raise UserError(f"converting to ONNX needs jax2onnx: {INSTALL}") from None
     spec = jax.ShapeDtypeStruct(jax.export.symbolic_shape(portable.INPUT_SHAPE), jnp.uint8)
-    proto = to_onnx(portable.probabilities_function(restored), [spec],
+    proto = to_onnx(portable.probabilities_function(convertible(restored)), [spec],
                     model_name=f"fmnist_{restored.meta['model']}", opset=OPSET,
                     input_names=[INPUT_NAME], output_names=[OUTPUT_NAME])
     return proto.SerializeToString()
