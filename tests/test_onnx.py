@@ -118,7 +118,8 @@ def test_an_ensemble_with_flip_tta_converts_to_the_members_mean(test_split):
     restored.config.tta = True
     images = test_split.images[:16]
     members = [jax_probabilities(dataclasses.replace(
-        restored, params=jax.tree.map(lambda x, m=m: x[m:m + 1], params)), images)
+        restored, params=jax.tree.map(lambda x, m=m: x[m:m + 1], params),
+        batch_stats=jax.tree.map(lambda x, m=m: x[m:m + 1], batch_stats)), images)
         for m in range(2)]
     assert not np.allclose(members[0], members[1], atol=1e-3)
     model = onnx_export.from_restored(restored)
