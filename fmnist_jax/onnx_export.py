@@ -53,6 +53,8 @@ def convert(restored: Restored) -> bytes:
         from jax2onnx import to_onnx  # pylint: disable=import-outside-toplevel
     except ImportError:
         raise UserError(f"converting to ONNX needs jax2onnx: {INSTALL}") from None
+    # onnx_ir notes shapes it leaves untyped while serializing: not a problem of the model
+    logging.getLogger("onnx_ir").setLevel(logging.ERROR)
     spec = jax.ShapeDtypeStruct(jax.export.symbolic_shape(portable.INPUT_SHAPE), jnp.uint8)
     proto = to_onnx(portable.probabilities_function(convertible(restored)), [spec],
                     model_name=f"fmnist_{restored.meta['model']}", opset=OPSET,

@@ -93,17 +93,23 @@ def _with_weights(restored: evaluation.Restored, model, params, batch_stats, nam
                                meta=meta)
 
 
-def test_a_tiny_resnet_converts(test_split):
+TINY = {"resnet": {"name": "resnet", "stage_features": (4, 8), "blocks_per_stage": 1},
+        "lstm": {"name": "lstm", "hidden": (8, 6)}}
+
+
+@pytest.mark.parametrize("name", TINY)
+def test_a_tiny_model_from_its_init_converts(name, test_split):
     """The resnet is not shipped (it needs a GPU to train): a tiny one from its init, with batch
-    statistics moved off their init values so that BatchNorm's conversion is checked too."""
-    model = create_model({"name": "resnet", "stage_features": (4, 8), "blocks_per_stage": 1})
+    statistics moved off their init values so that BatchNorm's conversion is checked too; and a
+    two-layer lstm (its rows unrolled, each layer's outputs feeding the next)."""
+    model = create_model(TINY[name])
     variables = model.init(jax.random.key(0), jnp.zeros((1, 28, 28, 1)), train=False)
     rng = np.random.default_rng(0)
     stats = jax.tree.map(lambda x: x + rng.uniform(0.1, 0.5, x.shape).astype(x.dtype),
-                         variables["batch_stats"])
+                         variables.get("batch_stats", {}))
     stack = lambda tree: jax.tree.map(lambda x: np.asarray(x)[None], tree)  # noqa: E731
     base = evaluation.load_workdir(PRETRAINED / "lstm")
-    restored = _with_weights(base, model, stack(variables["params"]), stack(stats), "resnet")
+    restored = _with_weights(base, model, stack(variables["params"]), stack(stats), name)
     assert_reproduces(onnx_export.from_restored(restored), restored, test_split.images[:16])
 
 
