@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
-import json
 import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
@@ -24,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Callable
 import numpy as np
 
 from fmnist_jax import portable
-from fmnist_jax.errors import CheckpointError, UserError
+from fmnist_jax.errors import UserError
 
 if TYPE_CHECKING:
     from fmnist_jax.evaluation import Restored
@@ -82,15 +81,11 @@ def write(restored: Restored, folder: str | Path) -> list[Path]:
 
 
 @dataclasses.dataclass(frozen=True)
-class OnnxModel:
+class OnnxModel(portable.Described):
     """A loaded `model.onnx` in an onnxruntime session, with the release's `model.json`."""
 
     session: Any  # onnxruntime.InferenceSession
     metadata: dict[str, Any]
-
-    @property
-    def class_names(self) -> list[str]:
-        return list(self.metadata["class_names"])
 
     @property
     def runtime(self) -> str:
@@ -130,14 +125,8 @@ def has_onnx(folder: str | Path) -> bool:
 
 def load(path: str | Path) -> OnnxModel:
     """The ONNX model in `path`: a folder holding `model.onnx` and `model.json`, or that file."""
-    path = Path(path)
-    model_path = path / MODEL_FILE if path.is_dir() else path
-    metadata_path = model_path.with_suffix(".json")
-    if not (model_path.is_file() and metadata_path.is_file()):
-        raise CheckpointError(f"{path} holds no ONNX model ({MODEL_FILE} with "
-                              f"{portable.METADATA_FILE}); write one with scripts/export.py "
-                              f"--workdir=DIR --portable-only")
-    return OnnxModel(session(model_path), json.loads(metadata_path.read_text()))
+    model_path, metadata = portable.locate(path, MODEL_FILE, "ONNX model")
+    return OnnxModel(session(model_path), metadata)
 
 
 def from_restored(restored: Restored) -> OnnxModel:
