@@ -191,6 +191,9 @@ def main() -> None:
     args = parser.parse_args()
     runtimes = args.runtime or ["jax"]
     if args.model_only:
+        if len(runtimes) > 1:
+            parser.error("--model-only measures one --runtime per process: the other runtime's "
+                         "threads would share the cores")
         for name in runtimes:
             for size, rate in model_throughput(args.workdir, name).items():
                 print(f"{name} batch {size:4d}: {rate:8.0f} images/s, "
