@@ -113,6 +113,14 @@ def test_a_tiny_model_from_its_init_converts(name, test_split):
     assert_reproduces(onnx_export.from_restored(restored), restored, test_split.images[:16])
 
 
+def test_the_unrolled_lstm_equals_its_scan(test_split):
+    model = create_model(TINY["lstm"])
+    variables = model.init(jax.random.key(1), jnp.zeros((1, 28, 28, 1)), train=False)
+    x = test_split.images[:5].astype(np.float32) / 255
+    chex.assert_trees_all_close(model.clone(scan=False).apply(variables, x, train=False),
+                                model.apply(variables, x, train=False), atol=1e-6)
+
+
 def test_an_ensemble_with_flip_tta_converts_to_the_members_mean(test_split):
     """Two members (the mlp release's weights and a perturbed copy), mirrored images averaged."""
     base = evaluation.load_workdir(PRETRAINED / "mlp")
