@@ -48,15 +48,15 @@ def convert(restored: Restored) -> bytes:
     """The serialized ONNX model of `restored`'s probabilities function, batch dimension `n`."""
     import jax  # pylint: disable=import-outside-toplevel
     import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
-    try:
-        from jax2onnx import to_onnx  # pylint: disable=import-outside-toplevel
-    except ImportError:
-        raise UserError(f"converting to ONNX needs jax2onnx: {INSTALL}") from None
     # onnx_ir notes shapes it leaves untyped while serializing, and jax2onnx 0.13 logs tracebacks
     # of plugins for libraries this model does not use (dm_pix's, on jax 0.10): neither is a
     # problem of the model, and a conversion that fails raises
     logging.getLogger("onnx_ir").setLevel(logging.ERROR)
     logging.getLogger("jax2onnx.plugins.plugin_system").setLevel(logging.ERROR)
+    try:
+        from jax2onnx import to_onnx  # pylint: disable=import-outside-toplevel
+    except ImportError:
+        raise UserError(f"converting to ONNX needs jax2onnx: {INSTALL}") from None
     spec = jax.ShapeDtypeStruct(jax.export.symbolic_shape(portable.INPUT_SHAPE), jnp.uint8)
     proto = to_onnx(portable.probabilities_function(convertible(restored)), [spec],
                     model_name=f"fmnist_{restored.meta['model']}", opset=OPSET,
