@@ -14,8 +14,10 @@ onnxruntime alone (no jax2onnx, no flax).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib.util
+import io
 import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
@@ -58,9 +60,10 @@ def convert(restored: Restored) -> bytes:
     except ImportError:
         raise UserError(f"converting to ONNX needs jax2onnx: {INSTALL}") from None
     spec = jax.ShapeDtypeStruct(jax.export.symbolic_shape(portable.INPUT_SHAPE), jnp.uint8)
-    proto = to_onnx(portable.probabilities_function(convertible(restored)), [spec],
-                    model_name=f"fmnist_{restored.meta['model']}", opset=OPSET,
-                    input_names=[INPUT_NAME], output_names=[OUTPUT_NAME])
+    with contextlib.redirect_stdout(io.StringIO()):  # jax2onnx 0.13's Conv plugin prints DEBUG
+        proto = to_onnx(portable.probabilities_function(convertible(restored)), [spec],
+                        model_name=f"fmnist_{restored.meta['model']}", opset=OPSET,
+                        input_names=[INPUT_NAME], output_names=[OUTPUT_NAME])
     return proto.SerializeToString()
 
 
