@@ -24,8 +24,8 @@ DATA_DIR = Path("/usr/share/datasets/fashion-mnist")
 
 
 def ensure_environment() -> None:
-    """Creates .venv and installs the project with its test extra (which takes the serve and
-    tensorboard extras) when pyproject.toml changed."""
+    """Creates .venv and installs the project with its test extra (which takes the serve, onnx
+    and tensorboard extras) when pyproject.toml changed."""
     if not PYTHON.exists():
         print(f"creating {VENV}", flush=True)
         venv.EnvBuilder(with_pip=True).create(VENV)

@@ -3,6 +3,7 @@
   python benchmarks/load_test.py --workdir=checkpoints/pretrained/cnn --seconds=10
   python benchmarks/load_test.py --clients=1,64 --serve-flag=--batch-window-ms=5
   python benchmarks/load_test.py --model-only
+  python benchmarks/load_test.py --runtime=onnx   # model.onnx served by onnxruntime
 
 Starts the server once on a free loopback port, then, for each client count, drives `/healthz` (the
 framework's ceiling: routing, HTTP and the event loop, no model) and `/v1/classify` (one real test
@@ -38,7 +39,7 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from fmnist_jax import data, serving  # noqa: E402  pylint: disable=wrong-import-position
+from fmnist_jax import data, runtime, serving  # noqa: E402  pylint: disable=wrong-import-position
 
 BOUNDARY = "fmnistjaxloadtest"
 
@@ -145,9 +146,10 @@ def load(workdir: str, flags: list[str], clients: list[int], seconds: float) -> 
         return rows
 
 
-def model_throughput(workdir: str, repeats: int = 20) -> dict[int, float]:
-    """Images/s of the server's compiled model call alone, per padded batch size (no HTTP)."""
-    predictor = serving.Predictor(serving.load_model(workdir), serving.BATCH_SIZES[-1],
+def model_throughput(workdir: str, runtime_name: str, repeats: int = 20) -> dict[int, float]:
+    """Images/s of the server's model call alone in `runtime_name`, per padded batch size (no
+    HTTP)."""
+    predictor = serving.Predictor(runtime.load(workdir, runtime_name), serving.BATCH_SIZES[-1],
                                   serving.Metrics())
     images = data.load_idx_folder(data.DEBIAN_DIR)["test"].images
     out = {}
@@ -181,18 +183,24 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10, help="per path and client count")
     parser.add_argument("--serve-flag", action="append", default=[],
                         help="a flag for scripts/serve.py (repeatable)")
+    parser.add_argument("--runtime", choices=("jax", "onnx"), default="jax",
+                        help="the server's runtime (serve.py --runtime; default jax); one per run, "
+                             "so that the other's threads do not take the cores")
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--model-only", action="store_true",
                         help="measure only the compiled model call per batch size, no server")
     args = parser.parse_args()
     if not args.model_only and shutil.which("hey") is None:
         raise SystemExit("hey is not installed: sudo apt-get install -y hey")
-    rows = [] if args.model_only else load(args.workdir, args.serve_flag,
+    flags = [*args.serve_flag, f"--runtime={args.runtime}"]
+    rows = [] if args.model_only else load(args.workdir, flags,
                                            [int(c) for c in args.clients.split(",")], args.seconds)
-    model = model_throughput(args.workdir)
+    model = model_throughput(args.workdir, args.runtime)
     if args.json:
-        print(json.dumps({"load": rows, "model_images_per_second": model}, indent=2))
+        print(json.dumps({"runtime": args.runtime, "load": rows,
+                          "model_images_per_second": model}, indent=2))
         return
+    print(f"runtime: {args.runtime}\n")
     if rows:
         print(table(rows) + "\n")
     print("| batch size | images/s | ms per call |\n|---:|---:|---:|")

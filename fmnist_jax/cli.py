@@ -217,6 +217,11 @@ def refuse_together(parser: argparse.ArgumentParser, args: argparse.Namespace, f
     clashing = [f"--{o.replace('_', '-')}" for o in others if given(o)]
     if given(flag.lstrip("-").replace("-", "_")) and clashing:
         parser.error(f"{flag} cannot be combined with {', '.join(clashing)}: {why}")
+def add_runtime_flag(parser: argparse.ArgumentParser) -> None:
+    """--runtime: which exported model runs (see runtime.py)."""
+    parser.add_argument("--runtime", choices=("jax", "onnx"), default="jax",
+                        help="jax runs model.jaxexport (default); onnx runs model.onnx with "
+                             "onnxruntime (the [onnx] extra)")
 
 
 def main_guard(main: Callable[[Sequence[str]], None], argv: Sequence[str] | None = None) -> None:

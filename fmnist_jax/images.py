@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
@@ -24,9 +24,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from fmnist_jax.errors import UserError
 
 if TYPE_CHECKING:
-    from fmnist_jax.evaluation import Restored
     from fmnist_jax.ood import Detector
-
 SIZE = 28
 TRIM_TOLERANCE = 0.05 * 255  # the dataset trimmed edges within 5% of the background intensity
 MAX_IMAGE_BYTES = 50 * 2**20  # the largest file decoded
@@ -161,22 +159,21 @@ def load_images(paths: Sequence[str | Path]) -> tuple[list[dict[str, Any]], list
     return results, inputs
 
 
-def classify(restored: Restored, paths: Sequence[str | Path], k: int = 3,
+def classify(probabilities: Callable[[np.ndarray], np.ndarray], class_names: Sequence[str],
+             paths: Sequence[str | Path], k: int = 3,
              detector: Detector | None = None) -> list[dict[str, Any]]:
-    """Per file: its top-`k` classes (of the ensemble when several members), whether it looks
-    like Fashion-MNIST (`in_distribution`, `ood_score`: None without a `detector`), or its error.
-
-    Every readable file goes through one compiled pass.
-    """
+    """Per file: its top-`k` classes by `probabilities` (uint8 `[n, 28, 28, 1]` -> `[n, 10]`),
+    whether it looks like Fashion-MNIST (`in_distribution`, `ood_score`: None without a
+    `detector`), or its error. Every readable file goes through one call."""
     from fmnist_jax import ood  # pylint: disable=import-outside-toplevel
     results, inputs = load_images(paths)
     if inputs:
         stacked = np.stack(inputs)
-        probabilities = iter(restored.probabilities(stacked).mean(0))
+        rows = iter(probabilities(stacked))
         flags = iter(ood.no_flag(len(inputs)) if detector is None
                      else detector.flag(np.asarray(detector.components(stacked))))
         for result in results:
             if "error" not in result:
-                result["top"] = top_classes(next(probabilities), restored.class_names, k)
+                result["top"] = top_classes(next(rows), class_names, k)
                 result.update(next(flags))
     return results

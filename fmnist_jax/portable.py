@@ -22,7 +22,7 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -92,7 +92,7 @@ def metadata(restored: Restored) -> dict[str, Any]:
             "jax_version": jax.__version__}
 
 
-def _write_atomically(path: Path, content: bytes) -> None:
+def write_atomically(path: Path, content: bytes) -> None:
     """`content` in `path`, written beside it and renamed: never half-written."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
@@ -109,38 +109,70 @@ def write(restored: Restored, folder: str | Path) -> list[Path]:
     folder = Path(folder)
     paths = [folder / MODEL_FILE, folder / METADATA_FILE]
     serialized = export(restored).serialize()
-    _write_atomically(paths[0], bytes(serialized))
-    _write_atomically(paths[1], (json.dumps(metadata(restored), indent=2) + "\n").encode())
+    write_atomically(paths[0], bytes(serialized))
+    write_atomically(paths[1], (json.dumps(metadata(restored), indent=2) + "\n").encode())
     return paths
 
 
-@dataclasses.dataclass(frozen=True)
-class Portable:
-    """A loaded portable model: call it on uint8 `[N, 28, 28, 1]` for probabilities `[N, 10]`."""
+class Described:
+    """A loaded model file with its `model.json` (`metadata`): what the runtimes share."""
 
-    exported: jax.export.Exported
     metadata: dict[str, Any]
 
     @property
     def class_names(self) -> list[str]:
         return list(self.metadata["class_names"])
 
+
+@dataclasses.dataclass(frozen=True)
+class Portable(Described):
+    """A loaded portable model: call it on uint8 `[N, 28, 28, 1]` for probabilities `[N, 10]`."""
+
+    exported: jax.export.Exported
+    metadata: dict[str, Any]
+
+    @property
+    def runtime(self) -> str:
+        return f"jax {jax.__version__}"
+
+    @property
+    def device(self) -> str:
+        return f"{jax.devices()[0].device_kind} ({jax.default_backend()})"
+
     def __call__(self, images: Any) -> jax.Array:
         return self.exported.call(jnp.asarray(images, jnp.uint8))
+
+    def probabilities(self, images: Any) -> np.ndarray:
+        return np.asarray(self(images))
+
+    def batch_function(self, on_compile: Callable[[], None]) -> Callable[[np.ndarray], Any]:
+        """The function a server calls on padded batches: jitted, `on_compile` called on every
+        trace (a new batch size)."""
+
+        def traced(images):
+            on_compile()
+            return self.exported.call(images)
+
+        return jax.jit(traced)
 
 
 def has_export(folder: str | Path) -> bool:
     return (Path(folder) / MODEL_FILE).is_file()
 
 
-def load(path: str | Path) -> Portable:
-    """The portable model in `path`: a folder holding `model.jaxexport`, or that file itself."""
+def locate(path: str | Path, model_file: str, kind: str) -> tuple[Path, dict[str, Any]]:
+    """The `model_file` in `path` (a folder holding it, or that file itself) and its
+    `model.json`, or a CheckpointError naming the `kind` of model missing and the fix."""
     path = Path(path)
-    model_path = path / MODEL_FILE if path.is_dir() else path
+    model_path = path / model_file if path.is_dir() else path
     metadata_path = model_path.with_suffix(".json")
     if not (model_path.is_file() and metadata_path.is_file()):
-        raise CheckpointError(f"{path} holds no portable model ({MODEL_FILE} with "
-                              f"{METADATA_FILE}); write one with scripts/export.py "
-                              f"--workdir=DIR --portable-only")
-    exported = jax.export.deserialize(bytearray(model_path.read_bytes()))
-    return Portable(exported, json.loads(metadata_path.read_text()))
+        raise CheckpointError(f"{path} holds no {kind} ({model_file} with {METADATA_FILE}); "
+                              f"write one with scripts/export.py --workdir=DIR --portable-only")
+    return model_path, json.loads(metadata_path.read_text())
+
+
+def load(path: str | Path) -> Portable:
+    """The portable model in `path`: a folder holding `model.jaxexport`, or that file itself."""
+    model_path, metadata = locate(path, MODEL_FILE, "portable model")
+    return Portable(jax.export.deserialize(bytearray(model_path.read_bytes())), metadata)

@@ -3,7 +3,8 @@
 A release is a workdir in the same layout (`config.json`, `metrics.jsonl`, `summary.json`,
 `checkpoints/<step>/`), whose one checkpoint holds each member's best weights only (no optimizer
 state, no resumable position), so that `evaluate.py` and `predict.py` work on it as on the run it
-came from, at a fraction of the size, with its portable model (`model.jaxexport`, `portable.py`).
+came from, at a fraction of the size, with its portable model (`model.jaxexport`, `portable.py`)
+and its ONNX conversion (`model.onnx`, `onnx_export.py`).
 `release.json` records how it was made: the training and export commands, the code commit, seeds,
 device, training time and test metrics.
 """
@@ -20,14 +21,15 @@ from typing import Any
 import jax
 import numpy as np
 
-from fmnist_jax import calibration, evaluation, metrics, ood, portable, run, sweep
+from fmnist_jax import calibration, evaluation, metrics, onnx_export, ood, portable, run, sweep
 from fmnist_jax.checkpointing import Checkpoints
 from fmnist_jax.errors import UserError
 
 log = logging.getLogger(__name__)
 # What a release folder holds; a folder with anything else is never replaced.
 RELEASE_FILES = ("checkpoints", "config.json", "metrics.jsonl", "release.json", "summary.json",
-                 portable.MODEL_FILE, portable.METADATA_FILE, ood.MODEL_FILE, ood.PARAMETERS_FILE)
+                 portable.MODEL_FILE, portable.METADATA_FILE, ood.MODEL_FILE, ood.PARAMETERS_FILE,
+                 onnx_export.MODEL_FILE)
 
 
 def _member(tree: Any, index: int | None) -> Any:
@@ -245,10 +247,12 @@ def _replace(staging: Path, out: Path) -> None:
 
 
 def write_portable(folder: str | Path) -> list[Path]:
-    """The portable model (`portable.py`) of the workdir or release `folder` and its
-    out-of-distribution detector (`ood.py`), written into it; the paths."""
+    """The portable model (`portable.py`) of the workdir or release `folder`, its ONNX conversion
+    (`onnx_export.py`, when the model converts) and its out-of-distribution detector (`ood.py`),
+    written into it; the paths."""
     restored = evaluation.for_setting(evaluation.load_workdir(folder, "best"))
-    return portable.write(restored, folder) + ood.write(restored, folder)
+    return (portable.write(restored, folder) + onnx_export.write(restored, folder)
+            + ood.write(restored, folder))
 
 
 def size_bytes(path: str | Path) -> int:

@@ -12,14 +12,15 @@
   GET  /              the web page (fmnist_jax/static/)
 
 Images are preprocessed as predict.py does (`images.read_image`, `images.to_model_input`). The
-model is the portable one (`portable.py`): read from a release or export, or exported in memory from
-a workdir. Concurrent requests are gathered into one call (`Batcher`: a request that finds the
+model is the portable one (`portable.py`) run by jax, or its ONNX conversion (`onnx_export.py`) run
+by onnxruntime (`runtime.py`): read from a release or export, or exported in memory from a
+workdir. Concurrent requests are gathered into one call (`Batcher`: a request that finds the
 model idle runs at once; those that arrive while it runs form the next batch), padded to one of a
 few fixed batch sizes compiled at start, so nothing compiles while serving. The
-out-of-distribution detector (`ood.py`) is the one the release ships, run in the same compiled call;
-the explainer (`explain.py`) needs a release or workdir's weights. A bad request gets a JSON error
-with a 4xx status. What clients can make it hold (bytes, pixels being decoded, time, connections)
-is bounded by `serving_limits.Limits`.
+out-of-distribution detector (`ood.py`) is the one the release ships; the explainer (`explain.py`)
+needs a release or workdir's weights. A bad request gets a JSON error with a 4xx status. What
+clients can make it hold (bytes, pixels being decoded, time, connections) is bounded by
+`serving_limits.Limits`.
 """
 
 from __future__ import annotations
@@ -53,7 +54,7 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 import fmnist_jax
-from fmnist_jax import images, ood, portable
+from fmnist_jax import images, ood, runtime
 from fmnist_jax.errors import UserError, reading
 from fmnist_jax.serving_limits import BoundedBodies, DecodeBudget, Limits
 from fmnist_jax.serving_limits import Refused as RequestError
@@ -65,20 +66,6 @@ MAX_IMAGES = 128  # per request
 MAX_IMAGE_BYTES = 8 * 2**20  # per image file
 INLINE_DECODE_PIXELS = 256 * 256  # smaller images are decoded in the event loop, larger in a thread
 KEEP_ALIVE_SECONDS = 75  # idle connections kept open: clients that reuse them never race a close
-
-
-def load_model(path: str | Path) -> portable.Portable:
-    """The portable model of a release or workdir folder (exported in memory if it has none), or of
-    an exported `model.jaxexport` file."""
-    path = Path(path)
-    if path.is_file() or portable.has_export(path):
-        return portable.load(path)
-    if not path.is_dir():
-        raise UserError(f"{path}: no such workdir, release or exported model; give a folder that "
-                        f"scripts/train.py or scripts/export.py wrote")
-    from fmnist_jax import evaluation  # pylint: disable=import-outside-toplevel
-    restored = evaluation.for_setting(evaluation.load_workdir(path))
-    return portable.Portable(portable.export(restored), portable.metadata(restored))
 
 
 def load_detector(path: str | Path) -> ood.Detector | None:
@@ -127,20 +114,25 @@ class Predictor:
     """The model (and the detector's components, when there is one) as one jitted function of
     padded batches; every size compiled at start."""
 
-    def __init__(self, model: portable.Portable, max_batch: int, metrics: Metrics,
+    def __init__(self, model: runtime.Model, max_batch: int, metrics: Metrics,
                  detector: ood.Detector | None = None):
         self.sizes = batch_sizes(max_batch)
         self.metrics = metrics
         self.served = 0  # images classified
+        probabilities = model.batch_function(metrics.compilations.inc)
 
-        def traced(x):
+        @jax.jit
+        def components(x):
             metrics.compilations.inc()  # runs only when jit traces, i.e. compiles a new shape
-            out = {"probabilities": model.exported.call(x)}
+            return detector.components(x)
+
+        def function(x):
+            out = {"probabilities": probabilities(x)}
             if detector is not None:
-                out["components"] = detector.components(x)
+                out["components"] = components(x)
             return out
 
-        self.function = jax.jit(traced)
+        self.function = function
         for size in self.sizes:
             jax.block_until_ready(self.function(np.zeros((size, *SHAPE), np.uint8)))
 
@@ -372,7 +364,7 @@ def _png(picture: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def create_app(model: portable.Portable, max_batch: int = BATCH_SIZES[-1],
+def create_app(model: runtime.Model, max_batch: int = BATCH_SIZES[-1],
                window: float = 0.0, detector: ood.Detector | None = None,
                explainer: Any = None, limits: Limits = Limits()) -> Starlette:
     """The app serving `model` (with its out-of-distribution `detector` and `explainer` when
@@ -388,8 +380,8 @@ def create_app(model: portable.Portable, max_batch: int = BATCH_SIZES[-1],
             "predictor": model.metadata.get("predictor"), "seeds": model.metadata.get("seeds"),
             "tta": model.metadata.get("tta"),
             "version": {"fmnist_jax": fmnist_jax.__version__, "jax": jax.__version__,
-                        "commit": model.metadata.get("commit")},
-            "device": f"{jax.devices()[0].device_kind} ({jax.default_backend()})",
+                        "commit": model.metadata.get("commit")}, "runtime": model.runtime,
+            "device": model.device,
             "batch_sizes": list(predictor.sizes), "batch_window_ms": window * 1000,
             "ood": None if detector is None else {
                 k: detector.parameters[k] for k in ("method", "veto", "threshold",
@@ -480,15 +472,15 @@ def create_app(model: portable.Portable, max_batch: int = BATCH_SIZES[-1],
 
 
 def serve(path: str | Path, host: str, port: int, max_batch: int, window: float,
-          limits: Limits = Limits()) -> None:
-    """Serves the model in `path` until SIGINT/SIGTERM (uvicorn's graceful shutdown, cut short
-    after `limits.shutdown_seconds`)."""
+          limits: Limits = Limits(), runtime_name: str = "jax") -> None:
+    """Serves the model in `path` with `runtime_name` until SIGINT/SIGTERM (uvicorn's graceful
+    shutdown, cut short after `limits.shutdown_seconds`)."""
     with reading(path):  # a damaged model stops the start with one line
-        model = load_model(path)
+        model = runtime.load(path, runtime_name)
         app = create_app(model, max_batch, window, detector=load_detector(path),
                          explainer=load_explainer(path), limits=limits)
         name = model.metadata["model"]
-    print(f"serving {name} on http://{host}:{port}/ (batch sizes "
+    print(f"serving {name} with {model.runtime} on http://{host}:{port}/ (batch sizes "
           f"{list(batch_sizes(max_batch))}, window {window * 1000:g} ms)", flush=True)
     uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False,
                 timeout_keep_alive=KEEP_ALIVE_SECONDS, limit_concurrency=limits.connections,

@@ -267,8 +267,9 @@ def flip_tta(forward: Callable[[jax.Array], jax.Array]) -> Callable[[jax.Array],
 
     def averaged(images: jax.Array) -> jax.Array:
         logits = forward(jnp.concatenate([images, images[:, :, ::-1]]))
+        # every size spelled out: jax2onnx mis-converts a -1 beside a symbolic batch size
         log_probs = jax.nn.log_softmax(logits.astype(jnp.float32)).reshape(
-            2, images.shape[0], -1)
+            2, images.shape[0], logits.shape[-1])
         return jax.nn.logsumexp(log_probs, axis=0) - jnp.log(2.0)
 
     return averaged

@@ -3,7 +3,7 @@ predict.py read as they read the run itself (see fmnist_jax/release.py).
 
   python scripts/export.py --workdir=checkpoints/cnn-20250101-120000 --out=checkpoints/pretrained/cnn
   python scripts/export.py --workdir=RUN --out=DIR --seed=2   # one member of a multi-seed run
-  python scripts/export.py --workdir=DIR --portable-only        # add model.jaxexport to DIR only
+  python scripts/export.py --workdir=DIR --portable-only        # add model.jaxexport, model.onnx
   python scripts/export.py --workdir=RUN --out=checkpoints/pretrained/cnn --overwrite  # replace it
   python scripts/export.py --workdir=RUN --out=DIR --tta      # predicts on image and mirror
   python scripts/export.py --workdir=RUN --out=DIR --calibrated   # temperature fitted on validation
@@ -30,8 +30,9 @@ def main(argv) -> None:
                         help="replace the release in --out (only a release, never another folder)")
     parser.add_argument("--seed", type=int, help="release this member only (default: all)")
     parser.add_argument("--portable-only", action="store_true",
-                        help="write only the portable model (model.jaxexport, model.json) into "
-                             "--workdir, a run or a release, instead of a release")
+                        help="write only the portable model (model.jaxexport, model.json, and "
+                             "model.onnx with the [onnx] extra) into --workdir, a run or a "
+                             "release, instead of a release")
     cli.add_tta_flag(parser, "as the run did; the release records it and its test accuracy")
     parser.add_argument("--calibrated", action="store_true",
                         help="divide the model's logits by a temperature fitted on the validation "

@@ -3,8 +3,10 @@
   python scripts/serve.py --workdir=checkpoints/pretrained/cnn    # then open http://127.0.0.1:8000/
   curl -F image=@boot.png http://127.0.0.1:8000/v1/classify
   python scripts/serve.py --workdir=DIR/model.jaxexport --port=8080 --max-batch=1   # no batching
+  python scripts/serve.py --workdir=checkpoints/pretrained/cnn --runtime=onnx   # model.onnx
 
---workdir takes a release, a training workdir or a portable model file (scripts/export.py).
+--workdir takes a release, a training workdir or a portable model file (scripts/export.py):
+model.jaxexport run by jax (the default), or model.onnx run by onnxruntime (--runtime=onnx).
 Stop it with Ctrl-C or SIGTERM: requests in flight are answered first (for --shutdown-seconds at
 most). The --max-*, --*-seconds and --decode-pixels flags bound what clients can make it hold
 (docs/reliability.md); the defaults keep the cnn under 1 GiB.
@@ -39,7 +41,7 @@ LIMIT_FLAGS = {  # Limits field: (type, help); the defaults are Limits'
 def main(argv) -> None:
     parser = cli.Parser(description=__doc__)
     parser.add_argument("--workdir", required=True,
-                        help="a release, a workdir, or an exported model.jaxexport")
+                        help="a release, a workdir, or an exported model.jaxexport or model.onnx")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default "
                         "127.0.0.1, this machine only; 0.0.0.0 for every interface)")
     parser.add_argument("--port", type=int, default=8000, help="port (default 8000)")
@@ -49,6 +51,7 @@ def main(argv) -> None:
                         help="how long a batch waits for more requests after its first (default "
                              "0: a request that finds the model idle runs at once, those that "
                              "arrive meanwhile form the next batch)")
+    cli.add_runtime_flag(parser)
     for field, (kind, help_text) in LIMIT_FLAGS.items():
         parser.add_argument(f"--{field.replace('_', '-')}", type=kind,
                             default=getattr(Limits, field), help=help_text)
@@ -65,7 +68,7 @@ def main(argv) -> None:
         parser.error(message)
     from fmnist_jax import serving  # pylint: disable=import-outside-toplevel
     serving.serve(args.workdir, args.host, args.port, args.max_batch, args.batch_window_ms / 1000,
-                  limits)
+                  limits, args.runtime)
 
 
 if __name__ == "__main__":

@@ -66,6 +66,40 @@ def run_main(script: str, *args: str) -> subprocess.CompletedProcess:
     return subprocess.CompletedProcess(list(args), code, stdout.getvalue(), stderr.getvalue())
 
 
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def serving(log: Path, *args: str, timeout: float = 240):
+    """`scripts/serve.py ARGS` on a free loopback port until it answers /healthz; yields its base
+    URL and process, and kills it at the end if it still runs."""
+    import httpx  # pylint: disable=import-outside-toplevel  # the [test] extra's HTTP client
+    port = free_port()
+    with log.open("w") as out:
+        process = subprocess.Popen(command("serve", *args, f"--port={port}"), stdout=out,
+                                   stderr=subprocess.STDOUT, cwd=ROOT, env=script_env())
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            assert process.poll() is None, f"the server exited: {log.read_text()}"
+            try:
+                if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, f"the server did not start: {log.read_text()}"
+            time.sleep(0.5)
+        yield url, process
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
 def wait_for(path: Path, process: subprocess.Popen, timeout: float = 300) -> None:
     """Polls until `path` exists; fails if the process ends first or time runs out."""
     deadline = time.monotonic() + timeout
@@ -135,28 +169,3 @@ def script_env(**extra: str) -> dict[str, str]:
             "JAX_COMPILATION_CACHE_DIR": str(COMPILATION_CACHE),
             "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0", **extra}
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_server(log: Path, *args: str, timeout: float = 240) -> tuple[subprocess.Popen, str]:
-    """scripts/serve.py ARGS on a free loopback port, its output in `log`; returns the process and
-    its base URL once /healthz answers."""
-    port = free_port()
-    with log.open("w") as out:
-        process = subprocess.Popen(command("serve", *args, f"--port={port}"), stdout=out,
-                                   stderr=subprocess.STDOUT, cwd=ROOT, env=script_env())
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + timeout
-    while True:
-        assert process.poll() is None, f"the server exited: {log.read_text()}"
-        try:
-            if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
-                return process, url
-        except httpx.TransportError:
-            pass
-        assert time.monotonic() < deadline, f"the server did not start: {log.read_text()}"
-        time.sleep(0.5)

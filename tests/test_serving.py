@@ -27,7 +27,7 @@ from selenium.webdriver.support.ui import WebDriverWait
 
 import subprocess_runs as runs
 
-from fmnist_jax import data, evaluation, ood, portable, serving
+from fmnist_jax import data, evaluation, ood, portable, runtime, serving
 from fmnist_jax.config import CONFIG_DIR
 from fmnist_jax.errors import UserError
 
@@ -50,12 +50,9 @@ def release_with_detector(tmp_path_factory) -> Path:
 def server(tmp_path_factory, release_with_detector):
     """The server's base URL; one process for the whole module."""
     log = tmp_path_factory.mktemp("serve") / "serve.log"
-    process, url = runs.start_server(log, f"--workdir={release_with_detector}",
-                                     f"--max-batch={MAX_BATCH}")
-    yield {"url": url, "process": process, "log": log}
-    if process.poll() is None:
-        process.kill()
-        process.wait()
+    with runs.serving(log, f"--workdir={release_with_detector}",
+                      f"--max-batch={MAX_BATCH}") as (url, process):
+        yield {"url": url, "process": process, "log": log}
 
 
 @pytest.fixture(scope="module")
@@ -328,8 +325,8 @@ def test_it_serves_a_release_an_exported_file_or_a_workdir_without_an_export(tmp
     x = test_split.images[:5]
     expected = np.asarray(portable.load(source)(x))
     for path in (source, source / portable.MODEL_FILE, bare):
-        model = serving.load_model(path)
+        model = runtime.load(path)
         assert model.metadata["model"] == "lstm"
         chex.assert_trees_all_close(np.asarray(model(x)), expected, atol=1e-6)
     with pytest.raises(UserError, match="no such workdir"):
-        serving.load_model(tmp_path / "missing")
+        runtime.load(tmp_path / "missing")

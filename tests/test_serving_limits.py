@@ -37,10 +37,8 @@ LIMIT_FLAGS = (f"--request-bytes={REQUEST_BYTES}", f"--inflight-bytes={INFLIGHT_
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     log = tmp_path_factory.mktemp("serve") / "serve.log"
-    process, url = runs.start_server(log, *LIMIT_FLAGS)
-    yield {"url": url, "process": process, "log": log}
-    process.kill()
-    process.wait()
+    with runs.serving(log, *LIMIT_FLAGS) as (url, process):
+        yield {"url": url, "process": process, "log": log}
 
 
 def connect(url: str, headers: dict[str, str], path: str = "/v1/classify") -> socket.socket:
@@ -220,18 +218,14 @@ def test_more_files_than_the_limit_is_a_413(server, count):
 @pytest.mark.e2e
 def test_sigterm_ends_within_the_grace_even_with_a_stalled_upload(tmp_path):
     log = tmp_path / "serve.log"
-    process, url = runs.start_server(log, *LIMIT_FLAGS, "--body-seconds=600")
-    try:
-        with connect(url, {"Content-Type": "application/json", "Content-Length": "1000"}) as s:
-            s.sendall(b'{"images": [')
-            time.sleep(0.5)
-            start = time.monotonic()
-            process.send_signal(signal.SIGTERM)
-            code = process.wait(timeout=SHUTDOWN_SECONDS + 20)
-            assert time.monotonic() - start < SHUTDOWN_SECONDS + 5
-    finally:
-        process.kill()
-        process.wait()
+    with runs.serving(log, *LIMIT_FLAGS, "--body-seconds=600") as (url, process), \
+            connect(url, {"Content-Type": "application/json", "Content-Length": "1000"}) as s:
+        s.sendall(b'{"images": [')
+        time.sleep(0.5)
+        start = time.monotonic()
+        process.send_signal(signal.SIGTERM)
+        code = process.wait(timeout=SHUTDOWN_SECONDS + 20)
+        assert time.monotonic() - start < SHUTDOWN_SECONDS + 5
     assert code == -signal.SIGTERM
     text = log.read_text()
     assert "stopped after" in text and "Traceback" not in text, text

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import re
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -185,18 +184,12 @@ def test_checkpoints_move_between_meshes(tmp_path, one_device_run):
     assert_runs_agree(tmp_path, one_device_run, 3, [2 * STEPS_PER_EPOCH, 3 * STEPS_PER_EPOCH])
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.e2e
 def test_two_processes_on_loopback_agree_with_one(tmp_path, one_device_run):
     """Two processes of 2 CPU devices each, joined by jax.distributed over gloo: a seeds:2,data:2
     mesh with the members on separate processes and each batch split within one."""
     args = [*RUN, "--epochs=2", f"--workdir={tmp_path}", "--distributed",
-            f"--coordinator-address=127.0.0.1:{free_port()}", "--num-processes=2"]
+            f"--coordinator-address=127.0.0.1:{subprocess_runs.free_port()}", "--num-processes=2"]
     processes = [subprocess.Popen(subprocess_runs.command("train", *args, f"--process-id={i}"),
                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                   env=subprocess_runs.script_env(**devices_env(2)),
