@@ -6,8 +6,9 @@ every member's probabilities (the ensemble of a multi-seed run), each averaged o
 its mirror when the run or release records flip test-time augmentation (`config.tta`). The
 weights are constants of the function, lowered for CPU and CUDA. `write` saves it as
 `model.jaxexport` with `model.json` (class names, model, test accuracy, commit, seeds, tta) beside
-it; `load` reads both back with jax, numpy and json alone: no flax, no fmnist_jax model code, so
-this module imports nothing else at its top.
+it; `load` verifies the folder's manifest (`integrity.py`) and model.json's schema, then reads both
+back with jax, numpy and json alone: no flax, no fmnist_jax model code, so this module imports
+nothing else at its top.
 
   from fmnist_jax import portable
   model = portable.load("checkpoints/pretrained/cnn")
@@ -18,8 +19,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -27,6 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from fmnist_jax import integrity
 from fmnist_jax.errors import CheckpointError
 
 if TYPE_CHECKING:
@@ -90,25 +90,13 @@ def metadata(restored: Restored) -> dict[str, Any]:
             "jax_version": jax.__version__}
 
 
-def _write_atomically(path: Path, content: bytes) -> None:
-    """`content` in `path`, written beside it and renamed: never half-written."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(content)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write(restored: Restored, folder: str | Path) -> list[Path]:
     """`model.jaxexport` and `model.json` of `restored` in `folder`; the paths written."""
     folder = Path(folder)
     paths = [folder / MODEL_FILE, folder / METADATA_FILE]
     serialized = export(restored).serialize()
-    _write_atomically(paths[0], bytes(serialized))
-    _write_atomically(paths[1], (json.dumps(metadata(restored), indent=2) + "\n").encode())
+    integrity.write_atomically(paths[0], bytes(serialized))
+    integrity.write_atomically(paths[1], (json.dumps(metadata(restored), indent=2) + "\n").encode())
     return paths
 
 
@@ -140,5 +128,12 @@ def load(path: str | Path) -> Portable:
         raise CheckpointError(f"{path} holds no portable model ({MODEL_FILE} with "
                               f"{METADATA_FILE}); write one with scripts/export.py "
                               f"--workdir=DIR --portable-only")
-    exported = jax.export.deserialize(bytearray(model_path.read_bytes()))
-    return Portable(exported, json.loads(metadata_path.read_text()))
+    integrity.verify(model_path.parent)
+    metadata = integrity.check_schema(metadata_path, METADATA_FILE)
+    try:
+        exported = jax.export.deserialize(bytearray(model_path.read_bytes()))
+    except Exception as e:  # pylint: disable=broad-exception-caught  # any damage, one line
+        raise CheckpointError(f"{model_path} is not a readable jax.export model "
+                              f"({type(e).__name__}); write it again with scripts/export.py "
+                              f"--workdir=DIR --portable-only") from None
+    return Portable(exported, metadata)

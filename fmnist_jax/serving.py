@@ -47,6 +47,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 import fmnist_jax
 from fmnist_jax import images, portable
 from fmnist_jax.errors import UserError
+from fmnist_jax.metrics import check_finite
 
 STATIC = Path(__file__).resolve().parent / "static"
 SHAPE = (images.SIZE, images.SIZE, 1)
@@ -120,8 +121,10 @@ class Predictor:
             return model.exported.call(x)
 
         self.function = jax.jit(traced)
-        for size in self.sizes:
-            jax.block_until_ready(self.function(np.zeros((size, *SHAPE), np.uint8)))
+        self.source = f"the served model ({model.metadata['model']})"
+        for size in self.sizes:  # a damaged model is refused here, before it answers anyone
+            check_finite(np.asarray(self.function(np.zeros((size, *SHAPE), np.uint8))),
+                         self.source)
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         """Probabilities `[N, 10]` of uint8 `[N, 28, 28, 1]`, in padded chunks of known sizes."""
@@ -132,7 +135,8 @@ class Predictor:
             padded = np.zeros((size, *chunk.shape[1:]), np.uint8)
             padded[:len(chunk)] = chunk
             self.metrics.batch.observe(len(chunk))
-            outputs.append(np.asarray(self.function(padded))[:len(chunk)])
+            outputs.append(check_finite(np.asarray(self.function(padded))[:len(chunk)],
+                                        self.source))
         self.metrics.images.inc(len(batch))
         self.served += len(batch)
         return np.concatenate(outputs)
@@ -371,6 +375,8 @@ def create_app(model: portable.Portable, max_batch: int = BATCH_SIZES[-1],
             status, message = e.status, str(e)
         elif isinstance(e, HTTPException):
             status, message = e.status_code, str(e.detail)
+        elif isinstance(e, UserError):  # a model that gives NaN: the server's fault, said plainly
+            status, message = 500, str(e)
         else:
             status, message = 500, f"internal error ({type(e).__name__}); please report it"
         return JSONResponse({"error": message, "status": status}, status_code=status)
