@@ -64,6 +64,7 @@ def write_atomically(path: Path, content: bytes) -> None:
     """`content` in `path`, written beside it, flushed to disk and renamed: never half-written."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
+        os.fchmod(fd, 0o644)  # as an ordinary file, not mkstemp's 0o600
         with os.fdopen(fd, "wb") as f:
             f.write(content)
             f.flush()

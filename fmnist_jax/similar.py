@@ -19,7 +19,7 @@ import flax.linen as nn
 import jax
 import numpy as np
 
-from fmnist_jax import data, evaluation, plots
+from fmnist_jax import data, evaluation, locking, plots
 from fmnist_jax import train as train_lib
 
 if TYPE_CHECKING:
@@ -78,12 +78,13 @@ def cached_training_embeddings(restored: Restored, cache_dir: Path | None = None
         embeddings = np.load(array)
         if len(embeddings) == len(train.labels):
             return embeddings, train
-    embeddings = embed(restored, train.images)
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    temporary = cache_dir / "train.tmp.npy"
-    np.save(temporary, embeddings)
-    temporary.replace(array)  # never a half-written cache
-    record.write_text(json.dumps(key) + "\n")
+    with locking.exclusive(cache_dir):  # one process at a time writes the cache
+        embeddings = embed(restored, train.images)
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        temporary = cache_dir / "train.tmp.npy"
+        np.save(temporary, embeddings)
+        temporary.replace(array)  # never a half-written cache
+        record.write_text(json.dumps(key) + "\n")
     return embeddings, train
 
 
