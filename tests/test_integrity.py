@@ -135,24 +135,22 @@ def test_non_finite_probabilities_are_an_error_naming_how_many():
         metrics.check_finite(probabilities, "m")
 
 
-@pytest.mark.e2e
 @pytest.mark.parametrize("script, args", [
     ("predict", (IMAGE,)), ("evaluate", ()), ("serve", ("--port=0",)),
     ("similar", (IMAGE, "-k", "2"))])
 def test_a_flipped_byte_at_90_percent_of_the_portable_model_is_refused(release, script, args):
     flip_byte(release / portable.MODEL_FILE)
-    line = runs.one_line_error(runs.run(script, f"--workdir={release}", *args), 2)
+    line = runs.one_line_error(runs.run_main(script, f"--workdir={release}", *args), 2)
     assert line.startswith(f"error: {release / portable.MODEL_FILE} differs from its SHA-256 "
                            f"in manifest.json"), line
 
 
-@pytest.mark.e2e
 def test_serve_refuses_a_model_json_of_nine_classes_at_start(release):
     path = release / portable.METADATA_FILE
     content = json.loads(path.read_text())
     path.write_text(json.dumps(dict(content, class_names=content["class_names"][:9])))
     integrity.record(release)
-    line = runs.one_line_error(runs.run("serve", f"--workdir={release}", "--port=0"), 2)
+    line = runs.one_line_error(runs.run_main("serve", f"--workdir={release}", "--port=0"), 2)
     assert line.startswith(f"error: {path} breaks its schema: 'class_names' must list 10, not 9")
 
 
@@ -165,12 +163,11 @@ def _poison_checkpoint(release: Path) -> None:
     largest.write_bytes(bytes(data))
 
 
-@pytest.mark.e2e
 @pytest.mark.parametrize("script, args", [
     ("predict", ("--json", IMAGE)), ("evaluate", ("--no-explain",))])
 def test_an_old_release_with_a_damaged_checkpoint_never_gives_nan(old_release, script, args):
     _poison_checkpoint(old_release)
-    result = runs.run(script, f"--workdir={old_release}", *args)
+    result = runs.run_main(script, f"--workdir={old_release}", *args)
     assert result.returncode == 2, (result.stdout, result.stderr)
     assert "NaN" not in result.stdout and "Traceback" not in result.stderr, result.stderr
     assert result.stderr.strip().splitlines()[-1].startswith(
