@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
 from pathlib import Path
 
 import chex
@@ -16,6 +17,7 @@ import subprocess_runs as runs
 from fmnist_jax import evaluation, integrity, metrics, portable
 from fmnist_jax.config import CONFIG_DIR
 from fmnist_jax.errors import DamagedModel
+from test_serving import free_port
 
 PRETRAINED = CONFIG_DIR.parent / "checkpoints" / "pretrained"
 IMAGE = str(CONFIG_DIR.parent / "docs" / "images" / "compare_f1.png")
@@ -135,9 +137,13 @@ def test_non_finite_probabilities_are_an_error_naming_how_many():
         metrics.check_finite(probabilities, "m")
 
 
+def serve(release: Path) -> subprocess.CompletedProcess:
+    """serve.py as a process: one that starts serving (the failure) is stopped by the timeout."""
+    return runs.run("serve", f"--workdir={release}", f"--port={free_port()}", timeout=120)
+
+
 @pytest.mark.parametrize("script, args", [
-    ("predict", (IMAGE,)), ("evaluate", ()), ("serve", ("--port=0",)),
-    ("similar", (IMAGE, "-k", "2"))])
+    ("predict", (IMAGE,)), ("evaluate", ()), ("similar", (IMAGE, "-k", "2"))])
 def test_a_flipped_byte_at_90_percent_of_the_portable_model_is_refused(release, script, args):
     flip_byte(release / portable.MODEL_FILE)
     line = runs.one_line_error(runs.run_main(script, f"--workdir={release}", *args), 2)
@@ -145,12 +151,21 @@ def test_a_flipped_byte_at_90_percent_of_the_portable_model_is_refused(release, 
                            f"in manifest.json"), line
 
 
+@pytest.mark.e2e
+def test_serve_refuses_a_flipped_byte_of_the_portable_model_at_start(release):
+    flip_byte(release / portable.MODEL_FILE)
+    line = runs.one_line_error(serve(release), 2)
+    assert line.startswith(f"error: {release / portable.MODEL_FILE} differs from its SHA-256 "
+                           f"in manifest.json"), line
+
+
+@pytest.mark.e2e
 def test_serve_refuses_a_model_json_of_nine_classes_at_start(release):
     path = release / portable.METADATA_FILE
     content = json.loads(path.read_text())
     path.write_text(json.dumps(dict(content, class_names=content["class_names"][:9])))
     integrity.record(release)
-    line = runs.one_line_error(runs.run_main("serve", f"--workdir={release}", "--port=0"), 2)
+    line = runs.one_line_error(serve(release), 2)
     assert line.startswith(f"error: {path} breaks its schema: 'class_names' must list 10, not 9")
 
 
