@@ -43,8 +43,9 @@ def _record(meta: dict[str, Any], summary: dict[str, Any], command: str) -> dict
     env = meta["environment"]
     return {"model": meta["model"], "param_count": meta["param_count"], "seeds": meta["seeds"],
             "train_command": meta["command"], "export_command": command,
-            "integrity": integrity.MANIFEST, "commit": env.get("commit"), "device": env.get("device") or f"{env['device_count']} x "
-            f"{env['device_kind']} ({env['platform']})", "versions": env["versions"],
+            "integrity": integrity.MANIFEST, "commit": env.get("commit"),
+            "device": env.get("device") or f"{env['device_count']} x {env['device_kind']} "
+                                           f"({env['platform']})", "versions": env["versions"],
             "train_seconds": summary["train_seconds"], "seconds": summary["seconds"],
             "compile_seconds": summary["compile_seconds"],
             "epochs_completed": summary["epochs_completed"], "best_epoch": meta["best_epoch"],
@@ -174,7 +175,8 @@ def _write(staging: Path, workdir: Path, restored: evaluation.Restored, index: i
     with Checkpoints(staging, keep=1) as ckpts:
         ckpts.save(restored.step, weights, meta)
     _write_portable(staging)
-    # Last, so that the release is not read as one (verified) before it is complete.
+    # After the portable model, which reads `staging` back: a release.json there names a manifest
+    # (integrity.verify), which only a complete release has.
     (staging / integrity.RELEASE_RECORD).write_text(json.dumps(record, indent=2) + "\n")
     integrity.record(staging)
 
