@@ -29,28 +29,30 @@ from fmnist_jax.errors import UserError  # noqa: E402  pylint: disable=wrong-imp
 def evaluate_one(args, out: Path) -> tuple[dict, list[Path]]:
     """One workdir: its metrics, files, figures, embedding map and explanations."""
     # pylint: disable-next=import-outside-toplevel
-    from fmnist_jax import evaluation, explain, similar
+    from fmnist_jax import evaluation, explain, locking, similar
     restored = evaluation.for_setting(evaluation.load_workdir(
         args.workdir[0], args.checkpoint, args.data_dir, args.tta), args.setting)
     result = evaluation.evaluate(restored, args.split)
     summary = evaluation.summarize(result)
-    figures = [similar.embedding_map(
-        restored, result.images, result.labels,
-        f"Penultimate-layer embedding, {restored.meta['model']}, {args.split} split (PCA)", out)]
-    if not args.no_explain:
-        summary["explanations"], explained = explain.explain_evaluation(result, out)
-        figures += explained
-    return summary, evaluation.write_outputs(result, summary, out, figures)
+    with locking.exclusive(out):  # one evaluation at a time writes `out`
+        figures = [similar.embedding_map(
+            restored, result.images, result.labels,
+            f"Penultimate-layer embedding, {restored.meta['model']}, {args.split} split (PCA)", out)]
+        if not args.no_explain:
+            summary["explanations"], explained = explain.explain_evaluation(result, out)
+            figures += explained
+        return summary, evaluation.write_outputs(result, summary, out, figures)
 
 
 def evaluate_ensemble(args, out: Path) -> tuple[dict, list[Path]]:
     """Several workdirs: their averaged probabilities, each part printed beside the whole."""
-    from fmnist_jax import ensemble, report  # pylint: disable=import-outside-toplevel
+    from fmnist_jax import ensemble, locking, report  # pylint: disable=import-outside-toplevel
     parts, summary, probabilities = ensemble.evaluate_ensemble(
         args.workdir, args.split, args.checkpoint, args.ensemble_weights, args.data_dir, args.tta)
     for part in summary["parts"]:
         print(f"  part (weight {part['weight']:.3f}): {report.headline(part)}")
-    return summary, ensemble.write_outputs(parts, summary, probabilities, out)
+    with locking.exclusive(out):
+        return summary, ensemble.write_outputs(parts, summary, probabilities, out)
 
 
 def main(argv) -> None:
@@ -80,12 +82,11 @@ def main(argv) -> None:
     args = parser.parse_args(argv)
     start = time.perf_counter()
     # pylint: disable-next=import-outside-toplevel
-    from fmnist_jax import evaluation, locking, report
+    from fmnist_jax import evaluation, report
     if len(args.workdir) > 1 and not args.output_dir:
         raise UserError("several --workdir make an ensemble: give --output-dir=DIR for it")
     out = Path(args.output_dir or evaluation.default_output_dir(args.workdir[0], args.split))
-    with locking.exclusive(out):  # one evaluation at a time writes `out`
-        summary, written = (evaluate_ensemble if len(args.workdir) > 1 else evaluate_one)(args, out)
+    summary, written = (evaluate_ensemble if len(args.workdir) > 1 else evaluate_one)(args, out)
     print(report.headline(summary))
     print(report.per_class_table(summary))
     print(f"wrote {len(written)} files to {out} in {time.perf_counter() - start:.1f}s "
