@@ -35,9 +35,8 @@ def evaluate_one(args, out: Path) -> tuple[dict, list[Path]]:
     result = evaluation.evaluate(restored, args.split)
     summary = evaluation.summarize(result)
     with locking.exclusive(out):  # one evaluation at a time writes `out`
-        figures = [similar.embedding_map(
-            restored, result.images, result.labels,
-            f"Penultimate-layer embedding, {restored.meta['model']}, {args.split} split (PCA)", out)]
+        title = f"Penultimate-layer embedding, {restored.meta['model']}, {args.split} split (PCA)"
+        figures = [similar.embedding_map(restored, result.images, result.labels, title, out)]
         if not args.no_explain:
             summary["explanations"], explained = explain.explain_evaluation(result, out)
             figures += explained
