@@ -151,6 +151,11 @@ def _export(workdir: Path, out: Path, seed: int | None, command: str, overwrite:
                 best_epoch=restored.epochs if index is None else [restored.epochs[index]])
     meta["config"] = dict(_member_config(restored, index, summary["seeds"]), tta=restored.tta)
     record = _record(meta, summary, command)
+    source = workdir / integrity.RELEASE_RECORD
+    if source.is_file():  # a release exported again (e.g. in place): how it was made stays known
+        previous = integrity.load_json(source)
+        record["first_export_command"] = previous.get("first_export_command",
+                                                      previous.get("export_command"))
     if "sweep" in full:
         record["sweep_setting"] = full["sweep"]["settings"][
             sweep.member_settings(restored.config)[index]]["values"]
