@@ -10,11 +10,13 @@ import subprocess
 from pathlib import Path
 
 import chex
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
 import subprocess_runs as runs
-from fmnist_jax import evaluation, integrity, metrics, portable
+from fmnist_jax import evaluation, integrity, metrics, portable, serving
 from fmnist_jax.config import CONFIG_DIR
 from fmnist_jax.errors import DamagedModel
 from test_serving import free_port
@@ -140,6 +142,14 @@ def test_non_finite_probabilities_are_an_error_naming_how_many():
 def serve(release: Path) -> subprocess.CompletedProcess:
     """serve.py as a process: one that starts serving (the failure) is stopped by the timeout."""
     return runs.run("serve", f"--workdir={release}", f"--port={free_port()}", timeout=120)
+
+
+def test_the_server_refuses_to_start_on_a_model_that_gives_nan(release):
+    spec = jax.ShapeDtypeStruct(jax.export.symbolic_shape(portable.INPUT_SHAPE), jnp.uint8)
+    exported = jax.export.export(jax.jit(lambda x: jnp.full((x.shape[0], 10), jnp.nan)))(spec)
+    metadata = json.loads((release / portable.METADATA_FILE).read_text())
+    with pytest.raises(DamagedModel, match=r"^the served model \(cnn\) gives non-finite"):
+        serving.create_app(portable.Portable(exported, metadata), max_batch=1)
 
 
 @pytest.mark.parametrize("script, args", [
