@@ -136,19 +136,25 @@ def _unlisted(folder: Path, listed: dict[str, Any]) -> list[str]:
             and name not in listed]
 
 
-def verify(folder: str | Path) -> None:
+def verify(folder: str | Path, names: Iterable[str] | None = None) -> None:
     """Refuses (IntegrityError, one line) a folder whose files differ from its manifest, or whose
     model.json or release.json break their schema; a folder without a manifest is checked for
-    the schema only (a release made before manifests: with a warning)."""
+    the schema only (a release made before manifests: with a warning). `names`: only these files,
+    for a reader that reads no other (the portable model)."""
     folder = Path(folder)
     if (folder / MANIFEST).is_file():
         files = _read(folder)["files"]
+        for name in names or ():
+            if name not in files:
+                raise _damaged(folder, name, f"is not in {MANIFEST}")
         for name, entry in files.items():
-            _check_file(folder, name, entry)
-        extra = _unlisted(folder, files)
+            if names is None or name in names:
+                _check_file(folder, name, entry)
+        extra = _unlisted(folder, files) if names is None else []
         if extra:
             raise _damaged(folder, extra[0], f"is not in {MANIFEST}")
-    check_schemas(folder)
+    if names is None:
+        check_schemas(folder)
     if (folder / RELEASE_RECORD).is_file() and not (folder / MANIFEST).is_file():
         if "integrity" in load_json(folder / RELEASE_RECORD):
             raise _damaged(folder, MANIFEST, "is missing (its release.json names it)")

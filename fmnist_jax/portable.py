@@ -128,7 +128,7 @@ def load(path: str | Path) -> Portable:
         raise CheckpointError(f"{path} holds no portable model ({MODEL_FILE} with "
                               f"{METADATA_FILE}); write one with scripts/export.py "
                               f"--workdir=DIR --portable-only")
-    integrity.verify(model_path.parent)
+    integrity.verify(model_path.parent, [model_path.name, metadata_path.name])
     metadata = integrity.check_schema(metadata_path, METADATA_FILE)
     try:
         exported = jax.export.deserialize(bytearray(model_path.read_bytes()))
