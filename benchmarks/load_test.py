@@ -1,25 +1,34 @@
-"""A bounded load test of scripts/serve.py on loopback: concurrent clients post real test images
-(one PNG per request) for a fixed time, with dynamic batching and without (--max-batch=1).
+"""A bounded load test of scripts/serve.py on loopback with a compiled load generator (`hey`).
 
-  python benchmarks/load_test.py --workdir=checkpoints/pretrained/cnn --clients=64 --seconds=20
-  python benchmarks/load_test.py --workdir=checkpoints/pretrained/cnn --model-only
+  python benchmarks/load_test.py --workdir=checkpoints/pretrained/cnn --seconds=10
+  python benchmarks/load_test.py --clients=1,64 --serve-flag=--batch-window-ms=5
+  python benchmarks/load_test.py --model-only
 
-Starts the server once per mode on a free port, drives it with httpx's asyncio client, and prints
-requests/s, p50/p90/p99 latency and the count of requests not answered with 200 (JSON with --json).
-The clients share the machine with the server: on a small machine they take part of its CPU.
+Starts the server once on a free loopback port, then, for each client count, drives `/healthz` (the
+framework's ceiling: routing, HTTP and the event loop, no model) and `/v1/classify` (one real test
+image as a PNG per request) for `--seconds` each with `hey -z`, reads every request's latency and
+status from hey's CSV, and the images per model call from the server's /metrics. Prints one
+markdown table (requests/s, p50/p99, ratios to /healthz at the same concurrency, requests not
+answered 200, the server's CPU time per request from /proc: what load from other processes changes
+least) and the model call alone per padded batch size (no HTTP). hey shares the machine
+with the server: on a small machine it takes part of the CPU, as any client there would.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
+import contextlib
+import csv
 import io
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -31,7 +40,7 @@ sys.path.insert(0, str(ROOT))
 
 from fmnist_jax import data, serving  # noqa: E402  pylint: disable=wrong-import-position
 
-MODES = {"dynamic batching": [], "no batching (--max-batch=1)": ["--max-batch=1"]}
+BOUNDARY = "fmnistjaxloadtest"
 
 
 def free_port() -> int:
@@ -40,65 +49,66 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def pngs(count: int) -> list[bytes]:
-    """The first `count` test images as PNG files."""
-    images = data.load_idx_folder(data.DEBIAN_DIR)["test"].images[:count]
-    out = []
-    for image in images:
-        buffer = io.BytesIO()
-        Image.fromarray(image[..., 0]).save(buffer, format="PNG")
-        out.append(buffer.getvalue())
-    return out
+def png(index: int = 0) -> bytes:
+    """Test image `index` as a PNG file's bytes."""
+    image = data.load_idx_folder(data.DEBIAN_DIR)["test"].images[index]
+    buffer = io.BytesIO()
+    Image.fromarray(image[..., 0]).save(buffer, format="PNG")
+    return buffer.getvalue()
 
 
-async def drive(url: str, files: list[bytes], clients: int, seconds: float) -> dict:
-    """`clients` loops posting one image each until `seconds` pass; latencies and statuses."""
-    latencies, statuses = [], {}
-    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
-    async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as http:
-        stop = time.perf_counter() + seconds
-
-        async def client(c: int) -> None:
-            i = c
-            while time.perf_counter() < stop:
-                start = time.perf_counter()
-                try:
-                    response = await http.post("/v1/classify", files={
-                        "image": (f"{i}.png", files[i % len(files)], "image/png")})
-                    status = str(response.status_code)
-                except httpx.HTTPError as e:
-                    status = type(e).__name__
-                latencies.append(time.perf_counter() - start)
-                statuses[status] = statuses.get(status, 0) + 1
-                i += clients
-
-        start = time.perf_counter()
-        await asyncio.gather(*(client(c) for c in range(clients)))
-        elapsed = time.perf_counter() - start
-    ms = np.array(latencies) * 1000
-    return {"requests": len(latencies), "seconds": elapsed,
-            "requests_per_second": len(latencies) / elapsed, "statuses": statuses,
-            "not_ok": sum(n for s, n in statuses.items() if s != "200"),
-            **{f"p{q}_ms": float(np.percentile(ms, q)) for q in (50, 90, 99)}}
+def multipart_body(index: int = 0) -> bytes:
+    """A multipart upload of test image `index` as a PNG in the field `image`."""
+    return (f"--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"image\"; "
+            f"filename=\"test-{index}.png\"\r\nContent-Type: image/png\r\n\r\n").encode() \
+        + png(index) + f"\r\n--{BOUNDARY}--\r\n".encode()
 
 
-def batches(url: str) -> dict:
-    """Mean images per model call, from the server's /metrics."""
-    text = httpx.get(f"{url}/metrics").text
-    values = dict(line.rsplit(" ", 1) for line in text.splitlines()
+def hey(url: str, clients: int, seconds: float, body: Path | None = None) -> dict:
+    """`clients` hey workers on `url` for `seconds` (POSTing `body` when given): requests/s,
+    p50/p99 latency and the count not answered 200."""
+    post = ["-m", "POST", "-D", str(body), "-T", f"multipart/form-data; boundary={BOUNDARY}"] \
+        if body else []
+    out = subprocess.run(["hey", "-z", f"{seconds}s", "-c", str(clients), "-o", "csv", *post, url],
+                         capture_output=True, text=True, check=True, timeout=seconds + 60).stdout
+    rows = list(csv.DictReader(io.StringIO(out)))
+    ms = np.array([float(r["response-time"]) for r in rows]) * 1000
+    offsets = [float(r["offset"]) + float(r["response-time"]) for r in rows]
+    return {"requests": len(rows), "requests_per_second": len(rows) / max(offsets),
+            "p50_ms": float(np.percentile(ms, 50)), "p99_ms": float(np.percentile(ms, 99)),
+            "not_200": sum(r["status-code"] != "200" for r in rows)}
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of process `pid` so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def measured(server: subprocess.Popen, url: str, clients: int, seconds: float,
+             body: Path | None = None) -> dict:
+    """`hey` with the server's CPU milliseconds per request added."""
+    before = cpu_seconds(server.pid)
+    result = hey(url, clients, seconds, body)
+    result["cpu_ms"] = (cpu_seconds(server.pid) - before) * 1000 / max(result["requests"], 1)
+    return result
+
+
+def batch_counts(url: str) -> tuple[float, float]:
+    """The server's model calls and images so far, from /metrics."""
+    values = dict(line.rsplit(" ", 1) for line in httpx.get(f"{url}/metrics").text.splitlines()
                   if line.startswith(("fmnist_batch_images_sum", "fmnist_batch_images_count")))
-    calls = float(values["fmnist_batch_images_count"])
-    return {"model_calls": calls,
-            "images_per_call": float(values["fmnist_batch_images_sum"]) / max(calls, 1)}
+    return float(values["fmnist_batch_images_count"]), float(values["fmnist_batch_images_sum"])
 
 
-def run_mode(workdir: str, flags: list[str], files: list[bytes], clients: int,
-             seconds: float) -> dict:
+@contextlib.contextmanager
+def running_server(workdir: str, flags: list[str]) -> Iterator[tuple[subprocess.Popen, str]]:
+    """scripts/serve.py on a free loopback port, once it answers: its process and base URL."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     server = subprocess.Popen([sys.executable, str(ROOT / "scripts" / "serve.py"),
                                f"--workdir={workdir}", f"--port={port}", *flags],
-                              stdout=subprocess.DEVNULL, env=dict(os.environ))
+                              stdout=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 300
         while True:
@@ -109,11 +119,30 @@ def run_mode(workdir: str, flags: list[str], files: list[bytes], clients: int,
                 if server.poll() is not None or time.monotonic() > deadline:
                     raise SystemExit(f"the server did not start ({' '.join(flags)})") from None
                 time.sleep(0.5)
-        result = asyncio.run(drive(url, files, clients, seconds))
-        return {**result, **batches(url)}
+        yield server, url
     finally:
         server.terminate()
         server.wait(timeout=60)
+
+
+def load(workdir: str, flags: list[str], clients: list[int], seconds: float) -> list[dict]:
+    """Per client count: /healthz, then /v1/classify with its images per model call."""
+    with running_server(workdir, flags) as (server, url), tempfile.TemporaryDirectory() as tmp:
+        body = Path(tmp) / "body"
+        body.write_bytes(multipart_body())
+        hey(f"{url}/v1/classify", 4, 1, body)  # warm connections and caches
+        rows = []
+        for c in clients:
+            health = measured(server, f"{url}/healthz", c, seconds)
+            calls, images = batch_counts(url)
+            classify = measured(server, f"{url}/v1/classify", c, seconds, body)
+            calls_after, images_after = batch_counts(url)
+            classify["images_per_call"] = (images_after - images) / max(calls_after - calls, 1)
+            rows += [{"path": "/healthz", "clients": c, **health},
+                     {"path": "/v1/classify", "clients": c, **classify,
+                      "rps_ratio": classify["requests_per_second"] / health["requests_per_second"],
+                      "p50_ratio": classify["p50_ms"] / health["p50_ms"]}]
+        return rows
 
 
 def model_throughput(workdir: str, repeats: int = 20) -> dict[int, float]:
@@ -131,33 +160,44 @@ def model_throughput(workdir: str, repeats: int = 20) -> dict[int, float]:
     return out
 
 
+def table(rows: list[dict]) -> str:
+    lines = ["| path | clients | requests/s | p50 ms | p99 ms | requests | not 200 | "
+             "server CPU ms per request | images per model call | requests/s ÷ /healthz | "
+             "p50 ÷ /healthz |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        extra = (f"{r['images_per_call']:.1f} | {r['rps_ratio']:.2f} | {r['p50_ratio']:.1f}"
+                 if "rps_ratio" in r else " | | ")
+        lines.append(f"| `{r['path']}` | {r['clients']} | {r['requests_per_second']:,.0f} | "
+                     f"{r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['requests']:,} | "
+                     f"{r['not_200']} | {r['cpu_ms']:.2f} | {extra} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workdir", default=str(ROOT / "checkpoints" / "pretrained" / "cnn"))
-    parser.add_argument("--clients", type=int, default=64)
-    parser.add_argument("--seconds", type=float, default=20)
-    parser.add_argument("--images", type=int, default=256, help="distinct test images sent")
+    parser.add_argument("--clients", default="1,16,64", help="client counts (default 1,16,64)")
+    parser.add_argument("--seconds", type=float, default=10, help="per path and client count")
+    parser.add_argument("--serve-flag", action="append", default=[],
+                        help="a flag for scripts/serve.py (repeatable)")
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--model-only", action="store_true",
                         help="measure only the compiled model call per batch size, no server")
     args = parser.parse_args()
-    if args.model_only:
-        for size, rate in model_throughput(args.workdir).items():
-            print(f"batch {size:4d}: {rate:8.0f} images/s, {size / rate * 1000:7.2f} ms per call")
-        return
-    files = pngs(args.images)
-    results = {mode: run_mode(args.workdir, flags, files, args.clients, args.seconds)
-               for mode, flags in MODES.items()}
+    if not args.model_only and shutil.which("hey") is None:
+        raise SystemExit("hey is not installed: sudo apt-get install -y hey")
+    rows = [] if args.model_only else load(args.workdir, args.serve_flag,
+                                           [int(c) for c in args.clients.split(",")], args.seconds)
+    model = model_throughput(args.workdir)
     if args.json:
-        print(json.dumps(results, indent=2))
+        print(json.dumps({"load": rows, "model_images_per_second": model}, indent=2))
         return
-    print(f"| mode | requests/s | p50 ms | p90 ms | p99 ms | requests | not 200 | images/call |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|")
-    for mode, r in results.items():
-        print(f"| {mode} | {r['requests_per_second']:.0f} | {r['p50_ms']:.1f} | {r['p90_ms']:.1f} "
-              f"| {r['p99_ms']:.1f} | {r['requests']} | {r['not_ok']} | "
-              f"{r['images_per_call']:.1f} |")
+    if rows:
+        print(table(rows) + "\n")
+    print("| batch size | images/s | ms per call |\n|---:|---:|---:|")
+    for size, rate in model.items():
+        print(f"| {size} | {rate:,.0f} | {size / rate * 1000:.2f} |")
 
 
 if __name__ == "__main__":

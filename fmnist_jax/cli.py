@@ -7,6 +7,7 @@ import difflib
 import os
 import shlex
 import sys
+import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
@@ -154,6 +155,68 @@ def add_tta_flag(parser: argparse.ArgumentParser, default_text: str) -> None:
     parser.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
                         help=f"average the class probabilities of each image and its mirror "
                              f"(default: {default_text})")
+
+
+def whole_number(low: int, high: int | None = None) -> Callable[[str], int]:
+    """An argparse `type`: a whole number from `low` to `high` (None: no upper bound)."""
+    allowed = f"from {low} to {high}" if high is not None else f"of {low} or more"
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or value < low or (high is not None and value > high):
+            raise argparse.ArgumentTypeError(f"must be a whole number {allowed}, got {text!r}")
+        return value
+
+    return parse
+
+
+def _writable_place(path: Path, folder: Path) -> None:
+    """Refuses `path` unless `folder`, or its nearest existing parent, is a folder that can take
+    new files (probed; nothing is left behind)."""
+    folder = folder.absolute()
+    nearest = next(p for p in (folder, *folder.parents) if p.exists())
+    if not nearest.is_dir():
+        raise argparse.ArgumentTypeError(f"{path} lies under {nearest}, which is a file; give a "
+                                         f"path in a folder")
+    try:
+        tempfile.TemporaryDirectory(dir=nearest).cleanup()
+    except OSError as e:
+        raise argparse.ArgumentTypeError(f"{path}: cannot write in {nearest} ({e.strerror}); "
+                                         f"give a writable path") from None
+
+
+def output_dir(text: str) -> Path:
+    """An argparse `type`: a folder to write into, existing or to be made (checked, not made)."""
+    path = Path(text)
+    if path.exists() and not path.is_dir():
+        raise argparse.ArgumentTypeError(f"{path} is a file, not a folder; give a folder to "
+                                         f"write into")
+    _writable_place(path, path)
+    return path
+
+
+def output_file(text: str) -> Path:
+    """An argparse `type`: a file (or file prefix) to write, in a folder existing or to be made."""
+    path = Path(text)
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f"{path} is a folder; give a file name")
+    _writable_place(path, path.parent)
+    return path
+
+
+def refuse_together(parser: argparse.ArgumentParser, args: argparse.Namespace, flag: str,
+                    others: Sequence[str], why: str) -> None:
+    """Refuses `flag` given together with any of the `others` (argparse destinations), which it
+    contradicts; `why` says what `flag` does instead. A flag is given when it is off its default."""
+    def given(dest: str) -> bool:
+        return getattr(args, dest) != parser.get_default(dest)
+
+    clashing = [f"--{o.replace('_', '-')}" for o in others if given(o)]
+    if given(flag.lstrip("-").replace("-", "_")) and clashing:
+        parser.error(f"{flag} cannot be combined with {', '.join(clashing)}: {why}")
 
 
 def main_guard(main: Callable[[Sequence[str]], None], argv: Sequence[str] | None = None) -> None:

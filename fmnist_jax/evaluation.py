@@ -59,6 +59,12 @@ class Restored:
         return list(self.meta["seeds"])
 
     @property
+    def temperature(self) -> float:
+        """What the predictor divides every logit by: 1, or the temperature a calibrated
+        release was fitted with (`release.export(calibrated=True)`)."""
+        return float(self.meta.get("calibration", {}).get("temperature", 1.0))
+
+    @property
     def tta(self) -> bool:
         """Whether predictions average each image and its mirror (`train.flip_tta`)."""
         return bool(self.config.tta)
@@ -66,8 +72,11 @@ class Restored:
     def predictor(self):
         """The jitted `predict(params, batch_stats, images) -> logits [S, N, C]`."""
         stats = self.meta["data"]
-        return train_lib.make_predict(self.model, stats["mean"], stats["std"],
-                                      self.config.eval_batch_size, tta=self.tta)
+        predict = train_lib.make_predict(self.model, stats["mean"], stats["std"],
+                                         self.config.eval_batch_size, tta=self.tta)
+        if self.temperature == 1:
+            return predict
+        return jax.jit(lambda *args: predict(*args) / self.temperature)
 
     def probabilities(self, images: np.ndarray) -> np.ndarray:
         """Each member's class probabilities `[S, N, C]` (float64) for uint8 `[N, 28, 28, 1]`."""
@@ -331,77 +340,3 @@ def write_files(out: Path, summary: dict[str, Any], images: np.ndarray, labels: 
     written[-1].write_text(report.evaluation_report(summary, [f.name for f in figures]))
     integrity.record(out)
     return written
-
-
-def find_metrics(path: str | Path, split: str = "test") -> Path:
-    """metrics.json of an evaluation folder (`evaluate.py --output-dir`, anywhere), or of an
-    evaluated workdir (in its `eval-<split>/`)."""
-    path = Path(path)
-    for candidate in (path / "metrics.json", default_output_dir(path, split) / "metrics.json"):
-        if candidate.is_file():
-            integrity.verify(candidate.parent)
-            return candidate
-    raise UserError(f"{path} holds no evaluation of the {split} split (no metrics.json in it or "
-                    f"in its eval-{split}/); run scripts/evaluate.py --workdir={path} "
-                    f"--split={split} first, or give the folder of its --output-dir")
-
-
-def load_summaries(paths: Sequence[str | Path], split: str = "test") -> list[dict[str, Any]]:
-    return [json.loads(find_metrics(p, split).read_text()) for p in paths]
-
-
-def _described(summary: dict[str, Any], *path: str) -> dict[str, Any]:
-    """A metric as `metrics.describe` over the members, or as one value for a single model."""
-    source = summary.get("across_members")
-    value = source if source else summary
-    for key in path:
-        value = value[key]
-    return value if source else {"mean": value, "std": 0.0, "n": 1}
-
-
-def model_labels(summaries: Sequence[dict[str, Any]]) -> list[str]:
-    """The model names (with the seed count), made unique with the workdir's name where needed."""
-    labels = [s["model"] + (f" ×{len(s['seeds'])}" if len(s["seeds"]) > 1 and "parts" not in s
-                            else "")
-              + (f" [{report.setting_text(s['setting']['values'])}]" if "setting" in s else "")
-              for s in summaries]
-    return [f"{label} ({Path(s['workdir']).name})" if labels.count(label) > 1 else label
-            for label, s in zip(labels, summaries)]
-
-
-def compare(summaries: Sequence[dict[str, Any]], hardest: int = 3) -> dict[str, Any]:
-    """The comparison of evaluated workdirs: one record per model, the hardest classes and pairs."""
-    names = summaries[0]["class_names"]
-    splits = {s["split"] for s in summaries}
-    if len(splits) > 1 or any(s["class_names"] != names for s in summaries):
-        raise UserError(f"the evaluations compare different splits or classes ({sorted(splits)}); "
-                        f"evaluate every workdir on the same --split")
-    models = [{"label": label, "model": s["model"], "workdir": s["workdir"], "seeds": s["seeds"],
-               "param_count": s["param_count"], "accuracy": _described(s, "accuracy"),
-               "ensemble_accuracy": s["accuracy"] if s["predictor"] == "ensemble" else None,
-               "loss": _described(s, "loss"), "macro_f1": _described(s, "macro", "f1"),
-               "per_class_f1": {n: _described(s, "per_class", n, "f1") for n in names},
-               **s["training"]}
-              for label, s in zip(model_labels(summaries), summaries)]
-    mean_f1 = np.array([[m["per_class_f1"][n]["mean"] for n in names] for m in models]).mean(0)
-    confusion = np.sum([s["confusion_matrix"] for s in summaries], axis=0)
-    return {"split": splits.pop(), "class_names": names, "models": models,
-            "hardest_classes": [{"class": names[i], "f1": float(mean_f1[i])}
-                                for i in np.argsort(mean_f1, kind="stable")[:hardest]],
-            "most_confused": metrics.most_confused_pairs(confusion, class_names=names)}
-
-
-def write_comparison(paths: Sequence[str | Path], output: Path, split: str = "test") -> str:
-    """compare.md (returned too), compare.json and the per-class F1 chart beside it."""
-    comparison = compare(load_summaries(paths, split))
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.with_suffix(".json").write_text(json.dumps(comparison, indent=2) + "\n")
-    models = comparison["models"]
-    names = comparison["class_names"]
-    f1, std = (np.array([[m["per_class_f1"][n][k] for n in names] for m in models])
-               for k in ("mean", "std"))
-    figure = plots.save(plots.comparison_figure([m["label"] for m in models], names, f1, std),
-                        output.with_name(output.stem + "_f1.png"))
-    markdown = report.comparison_report(comparison, figure.name)
-    output.write_text(markdown)
-    return markdown

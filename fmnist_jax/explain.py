@@ -315,3 +315,14 @@ def explain_files(restored: Restored, paths: Sequence[str | Path], out: Path) ->
     return write_figures(Explainer.from_restored(restored), stacked, None,
                          restored.probabilities(stacked).mean(0), readable,
                          restored.class_names, out)
+
+
+def overlay(image: np.ndarray, heat: np.ndarray, scale: int = 8) -> np.ndarray:
+    """An RGB picture `[28 * scale, 28 * scale, 3]` uint8 of a heat map `[28, 28]` (its positive
+    part, 'inferno' as in the figures) over the grayscale image `[28, 28, 1]`, pixels enlarged."""
+    import matplotlib  # pylint: disable=import-outside-toplevel
+    positive = np.clip(np.asarray(heat, np.float64), 0, None)
+    colours = matplotlib.colormaps["inferno"](positive / (positive.max() or 1.0))[..., :3]
+    gray = np.repeat(image.astype(np.float64) / 255.0, 3, axis=-1)
+    blended = 0.4 * gray + 0.6 * colours
+    return np.kron((blended * 255).round().astype(np.uint8), np.ones((scale, scale, 1), np.uint8))

@@ -25,11 +25,13 @@ from fmnist_jax.errors import UserError
 
 if TYPE_CHECKING:
     from fmnist_jax.evaluation import Restored
+    from fmnist_jax.ood import Detector
 
 SIZE = 28
 TRIM_TOLERANCE = 0.05 * 255  # the dataset trimmed edges within 5% of the background intensity
 MAX_IMAGE_BYTES = 50 * 2**20  # the largest file decoded
 MAX_IMAGE_PIXELS = 40_000_000  # the most pixels a decoded image may have (e.g. 8000 x 5000)
+MAX_TOP = 10  # the most classes listed per image (predict.py --top, the server's ?top=)
 
 
 class ImageFileError(UserError):
@@ -159,15 +161,22 @@ def load_images(paths: Sequence[str | Path]) -> tuple[list[dict[str, Any]], list
     return results, inputs
 
 
-def classify(restored: Restored, paths: Sequence[str | Path], k: int = 3) -> list[dict[str, Any]]:
-    """Per file: its top-`k` classes (of the ensemble when several members), or its error.
+def classify(restored: Restored, paths: Sequence[str | Path], k: int = 3,
+             detector: Detector | None = None) -> list[dict[str, Any]]:
+    """Per file: its top-`k` classes (of the ensemble when several members), whether it looks
+    like Fashion-MNIST (`in_distribution`, `ood_score`: None without a `detector`), or its error.
 
     Every readable file goes through one compiled pass.
     """
+    from fmnist_jax import ood  # pylint: disable=import-outside-toplevel
     results, inputs = load_images(paths)
     if inputs:
-        probabilities = iter(restored.probabilities(np.stack(inputs)).mean(0))
+        stacked = np.stack(inputs)
+        probabilities = iter(restored.probabilities(stacked).mean(0))
+        flags = iter(ood.no_flag(len(inputs)) if detector is None
+                     else detector.flag(np.asarray(detector.components(stacked))))
         for result in results:
             if "error" not in result:
                 result["top"] = top_classes(next(probabilities), restored.class_names, k)
+                result.update(next(flags))
     return results

@@ -113,19 +113,24 @@ def mean_log_loss(probabilities: np.ndarray, labels: np.ndarray) -> float:
     return float(-np.log(np.maximum(p, np.finfo(np.float64).tiny)).mean())
 
 
-def expected_calibration_error(probabilities: np.ndarray, labels: np.ndarray,
-                               num_bins: int = 15) -> float:
-    """ECE: the example-weighted mean |accuracy - confidence| over equal-width confidence bins.
-
-    Confidence is the top probability; bins are `(i/B, (i+1)/B]`.
-    """
+def confidence_bins(probabilities: np.ndarray, labels: np.ndarray,
+                    num_bins: int = 15) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per equal-width confidence bin `(i/B, (i+1)/B]`: examples, summed confidence (the top
+    probability) and correct predictions, each `[B]`."""
     probabilities = np.asarray(probabilities, np.float64)
     confidence = probabilities.max(-1)
     correct = probabilities.argmax(-1) == np.asarray(labels)
     bins = np.clip(np.ceil(confidence * num_bins).astype(np.int64) - 1, 0, num_bins - 1)
-    count = np.bincount(bins, minlength=num_bins)
-    gap = np.abs(np.bincount(bins, correct, num_bins) - np.bincount(bins, confidence, num_bins))
-    return float(gap.sum() / max(count.sum(), 1))
+    return (np.bincount(bins, minlength=num_bins), np.bincount(bins, confidence, num_bins),
+            np.bincount(bins, correct, num_bins))
+
+
+def expected_calibration_error(probabilities: np.ndarray, labels: np.ndarray,
+                               num_bins: int = 15) -> float:
+    """ECE: the example-weighted mean |accuracy - confidence| over equal-width confidence bins
+    (`confidence_bins`)."""
+    count, confidence, correct = confidence_bins(probabilities, labels, num_bins)
+    return float(np.abs(correct - confidence).sum() / max(count.sum(), 1))
 
 
 def most_confused_pairs(confusion: np.ndarray, k: int = 5,

@@ -240,6 +240,31 @@ def evaluation_figures(images: np.ndarray, labels: np.ndarray, probabilities: np
     return paths
 
 
+def calibration_figure(record: dict[str, Any], curves: Sequence[tuple[np.ndarray, np.ndarray]],
+                       title: str) -> plt.Figure:
+    """Reliability diagram (accuracy against mean confidence per bin) and accuracy-coverage
+    curve, before and after temperature scaling (`calibration.calibrate`'s `record`)."""
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.6))
+    left.plot([0, 1], [0, 1], color="black", linewidth=0.8, linestyle=":", label="perfect")
+    names = ("before", f"after (T = {record['temperature']:.3f}, fitted on val)")
+    for key, name, (covered, accuracy) in zip(("before", "after"), names, curves):
+        bins = record[f"reliability_{key}"]
+        used = np.asarray(bins["count"]) > 0
+        left.plot(np.asarray(bins["confidence"])[used], np.asarray(bins["accuracy"])[used],
+                  marker="o", label=f"{name}: ECE {record[key]['ece']:.4f}")
+        right.plot(100 * covered, 100 * accuracy, label=name)
+    left.set(xlabel="confidence (top probability), per bin", ylabel="accuracy",
+             title="Reliability diagram (15 bins)", xlim=(0, 1.01), ylim=(0, 1.01))
+    right.set(xlabel="coverage: % of images answered, most confident first",
+              ylabel="accuracy on them (%)", title="Accuracy-coverage (selective prediction)")
+    for ax in (left, right):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(f"Calibration, {title}")
+    fig.tight_layout()
+    return fig
+
+
 def comparison_figure(labels: Sequence[str], class_names: Sequence[str], f1: np.ndarray,
                       std: np.ndarray) -> plt.Figure:
     """Per-class F1 of several models side by side (`f1`, `std`: `[models, classes]`)."""
@@ -247,6 +272,30 @@ def comparison_figure(labels: Sequence[str], class_names: Sequence[str], f1: np.
     fig, ax = grouped_bars(class_names, series)
     ax.set_ylabel("F1")
     ax.set_title("Per-class F1 by model" + (" (error bars: std across seeds)" if std.any() else ""))
+    return fig
+
+
+def difference_figure(models: Sequence[dict[str, Any]]) -> plt.Figure:
+    """Each model's paired accuracy difference from its reference with its 95% interval; the
+    supported ones (`comparison.differences`) filled, the others hollow and grey."""
+    rows = [m for m in models if m["difference"]]
+    fig, ax = plt.subplots(figsize=(7, 0.6 * len(rows) + 1.4))
+    for y, m in enumerate(rows):
+        d = m["difference"]
+        low, high = (100 * v for v in d["ci95"])
+        colour = "tab:blue" if d["supported"] else "grey"
+        ax.errorbar(100 * d["difference"], y, xerr=[[100 * d["difference"] - low],
+                                                    [high - 100 * d["difference"]]],
+                    fmt="o", color=colour, capsize=4,
+                    markerfacecolor=colour if d["supported"] else "white")
+    ax.axvline(0, color="black", linewidth=0.8)
+    ax.set_yticks(range(len(rows)), [f"{m['label']} vs {m['difference']['against']}"
+                                     for m in rows])
+    ax.invert_yaxis()
+    ax.set_xlabel("accuracy difference (percentage points), 95% paired bootstrap interval")
+    ax.set_title("Paired differences (filled: supported, Holm-corrected McNemar p < 0.05)",
+                 fontsize=10)
+    fig.tight_layout()
     return fig
 
 

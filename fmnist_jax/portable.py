@@ -3,12 +3,13 @@
 `export` turns a restored workdir or release into one function, uint8 images `[N, 28, 28, 1]` (any
 N) -> the ten class probabilities `[N, 10]` float32, with the normalisation inside and the mean of
 every member's probabilities (the ensemble of a multi-seed run), each averaged over the image and
-its mirror when the run or release records flip test-time augmentation (`config.tta`). The
+its mirror when the run or release records flip test-time augmentation (`config.tta`), the logits
+divided by the temperature of a calibrated release (`calibration.py`). The
 weights are constants of the function, lowered for CPU and CUDA. `write` saves it as
-`model.jaxexport` with `model.json` (class names, model, test accuracy, commit, seeds, tta) beside
-it; `load` verifies the folder's manifest (`integrity.py`) and model.json's schema, then reads both
-back with jax, numpy and json alone: no flax, no fmnist_jax model code, so this module imports
-nothing else at its top.
+`model.jaxexport` with `model.json` (class names, model, test accuracy, commit, seeds, tta,
+temperature) beside it; `load` verifies the folder's manifest (`integrity.py`) and model.json's
+schema, then reads both back with jax, numpy and json alone: no flax, no fmnist_jax model code, so
+this module imports nothing else at its top.
 
   from fmnist_jax import portable
   model = portable.load("checkpoints/pretrained/cnn")
@@ -41,9 +42,9 @@ INPUT_SHAPE = "n, 28, 28, 1"
 def probabilities_function(restored: Restored):
     """`f(images uint8 [N, 28, 28, 1]) -> [N, 10]` float32: the members' mean probabilities, with
     `restored`'s weights as constants; with flip TTA (`train.flip_tta`), each member averages an
-    image and its mirror."""
+    image and its mirror; a calibrated release divides each member's logits by its temperature."""
     from fmnist_jax import train as train_lib  # pylint: disable=import-outside-toplevel
-    stats, tta = restored.meta["data"], restored.tta
+    stats, tta, temperature = restored.meta["data"], restored.tta, restored.temperature
 
     def member(weights, images):
         params, batch_stats = weights
@@ -55,7 +56,7 @@ def probabilities_function(restored: Restored):
 
         if tta:
             forward = train_lib.flip_tta(forward)
-        return jax.nn.softmax(forward(images).astype(jnp.float32))
+        return jax.nn.softmax(forward(images).astype(jnp.float32) / temperature)
 
     def probabilities(images: jax.Array) -> jax.Array:
         weights = (restored.params, restored.batch_stats)
@@ -84,6 +85,7 @@ def metadata(restored: Restored) -> dict[str, Any]:
     return {"model": restored.meta["model"], "class_names": restored.class_names,
             "seeds": restored.seeds, "predictor": "ensemble" if len(restored.seeds) > 1
             else "model", "test_accuracy": accuracy, "tta": "flip" if restored.tta else None,
+            "calibrated": restored.temperature != 1, "temperature": restored.temperature,
             "commit": record.get("commit") or restored.meta["environment"].get("commit"),
             "step": restored.step, "input": {"shape": INPUT_SHAPE, "dtype": "uint8"},
             "output": "class probabilities [n, 10] float32", "platforms": list(PLATFORMS),
@@ -130,10 +132,4 @@ def load(path: str | Path) -> Portable:
                               f"--workdir=DIR --portable-only")
     integrity.verify(model_path.parent, [model_path.name, metadata_path.name])
     metadata = integrity.check_schema(metadata_path, METADATA_FILE)
-    try:
-        exported = jax.export.deserialize(bytearray(model_path.read_bytes()))
-    except Exception as e:  # pylint: disable=broad-exception-caught  # any damage, one line
-        raise CheckpointError(f"{model_path} is not a readable jax.export model "
-                              f"({type(e).__name__}); write it again with scripts/export.py "
-                              f"--workdir=DIR --portable-only") from None
-    return Portable(exported, metadata)
+    return Portable(jax.export.deserialize(bytearray(model_path.read_bytes())), metadata)

@@ -12,6 +12,7 @@ other file, computed once the release is complete: whatever `_write` puts in the
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import errno
 import json
 import logging
@@ -23,14 +24,16 @@ from typing import Any
 import jax
 import numpy as np
 
-from fmnist_jax import evaluation, integrity, locking, metrics, portable, run, sweep
+from fmnist_jax import (calibration, evaluation, integrity, locking, metrics, ood, portable, run,
+                        sweep)
 from fmnist_jax.checkpointing import Checkpoints
 from fmnist_jax.errors import UserError
 
 log = logging.getLogger(__name__)
 # What a release folder holds; a folder with anything else is never replaced.
 RELEASE_FILES = ("checkpoints", "config.json", "metrics.jsonl", integrity.RELEASE_RECORD,
-                 "summary.json", portable.MODEL_FILE, portable.METADATA_FILE, integrity.MANIFEST)
+                 "summary.json", portable.MODEL_FILE, portable.METADATA_FILE, ood.MODEL_FILE,
+                 ood.PARAMETERS_FILE, integrity.MANIFEST)
 RENAME_EXCHANGE = 2  # renameat2 flag: swap two paths atomically (Linux 3.15+)
 
 
@@ -49,7 +52,8 @@ def _record(meta: dict[str, Any], summary: dict[str, Any], command: str) -> dict
             "train_seconds": summary["train_seconds"], "seconds": summary["seconds"],
             "compile_seconds": summary["compile_seconds"],
             "epochs_completed": summary["epochs_completed"], "best_epoch": meta["best_epoch"],
-            "tta": meta["config"]["tta"],
+            "tta": meta["config"]["tta"], "calibrated": "calibration" in meta,
+            "temperature": meta.get("calibration", {}).get("temperature", 1.0),
             "test_accuracy": summary["test_accuracy"], "test_loss": summary["test_loss"],
             **{key: summary[key] for key in ("ensemble", "run_test_accuracy") if key in summary}}
 
@@ -110,6 +114,21 @@ def _chosen_member(restored: evaluation.Restored, summary: dict[str, Any], seed:
     return candidates[seeds.index(seed)]
 
 
+def _calibrated(restored: evaluation.Restored, index: int | None) -> evaluation.Restored:
+    """`restored` dividing its logits by the temperature that minimises the validation log loss
+    of the members released (on top of the one it may already apply)."""
+    released = dataclasses.replace(restored, params=_member(restored.params, index),
+                                   batch_stats=_member(restored.batch_stats, index))
+    val = evaluation.evaluate(released, "val")
+    if not len(val.labels):
+        raise UserError(f"{restored.workdir} was trained without a validation split, which "
+                        f"--calibrated fits the temperature on; release it without --calibrated")
+    fitted = calibration.fit_temperature(val.member_probabilities, val.labels)
+    record = {"temperature": restored.temperature * fitted, "fitted_on": "val",
+              "val_examples": len(val.labels)}
+    return dataclasses.replace(restored, meta=dict(restored.meta, calibration=record))
+
+
 def _member_config(restored: evaluation.Restored, index: int | None, seeds: list[int]) -> dict:
     """The config of a plain run of the released members (of a sweep: the member's setting)."""
     config = restored.meta["config"]
@@ -121,22 +140,25 @@ def _member_config(restored: evaluation.Restored, index: int | None, seeds: list
 
 def export(workdir: str | Path, out: str | Path, seed: int | None = None,
            command: str = "", overwrite: bool = False, tta: bool | None = None,
-           member: int | None = None) -> dict[str, Any]:
+           member: int | None = None, calibrated: bool = False) -> dict[str, Any]:
     """Writes the release of `workdir` (all members, or only `seed`'s or `member`'s) to `out`;
     its record. Of a sweep, one member: by default the best setting's best member.
 
     An existing `out` is replaced only with `overwrite`, and only when it is a release. `tta` sets
     whether the release predicts with flip test-time augmentation (default: as the run did); when
     that differs from the run, the test split is evaluated again, so that the release records the
-    test accuracy its evaluation gives. The release is assembled beside `out`, flushed to disk and
-    swapped into place, so `out` is never half-written; one export at a time writes `out`.
+    test accuracy its evaluation gives; so it is with `calibrated`, which divides the released
+    model's logits by a temperature fitted on the validation split (`calibration.py`; a release
+    re-exported without it keeps the temperature it had). The release is assembled beside `out`,
+    flushed to disk and swapped into place, so `out` is never half-written; one export at a time
+    writes `out`.
     """
     with locking.exclusive(out):
-        return _export(Path(workdir), Path(out), seed, command, overwrite, tta, member)
+        return _export(Path(workdir), Path(out), seed, command, overwrite, tta, member, calibrated)
 
 
 def _export(workdir: Path, out: Path, seed: int | None, command: str, overwrite: bool,
-            tta: bool | None, member: int | None) -> dict[str, Any]:
+            tta: bool | None, member: int | None, calibrated: bool) -> dict[str, Any]:
     _check_out(out, overwrite)
     if not (workdir / "summary.json").is_file():
         raise UserError(f"{workdir} has no summary.json: only a finished run can be released; "
@@ -144,7 +166,9 @@ def _export(workdir: Path, out: Path, seed: int | None, command: str, overwrite:
     restored = evaluation.load_workdir(workdir, "best", tta=tta)
     full = json.loads((workdir / "summary.json").read_text())
     index = _chosen_member(restored, full, seed, member)
-    if restored.tta != evaluation.config_from_meta(restored.meta).tta:
+    if calibrated:
+        restored = _calibrated(restored, index)
+    if calibrated or restored.tta != evaluation.config_from_meta(restored.meta).tta:
         full = _retested(full, restored)
     summary = _select(full, index)
     meta = dict(restored.meta, weights_only=True, seeds=summary["seeds"],
@@ -264,7 +288,10 @@ def _replace(staging: Path, out: Path) -> None:
 
 
 def _write_portable(folder: Path) -> list[Path]:
-    return portable.write(evaluation.for_setting(evaluation.load_workdir(folder, "best")), folder)
+    """The portable model (`portable.py`) and out-of-distribution detector (`ood.py`) of the
+    workdir or release `folder`, written into it; the paths."""
+    restored = evaluation.for_setting(evaluation.load_workdir(folder, "best"))
+    return portable.write(restored, folder) + ood.write(restored, folder)
 
 
 def write_portable(folder: str | Path) -> list[Path]:

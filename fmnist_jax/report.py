@@ -148,6 +148,26 @@ def explanations_section(explanations: dict[str, Any]) -> str:
                                 "correlation with random weights"], rows)
 
 
+def calibration_section(record: dict[str, Any]) -> str:
+    """The temperature fitted on validation; ECE, log loss and selective accuracy before/after."""
+    before, after = record["before"], record["after"]
+    rows = [["expected calibration error (15 bins)", number(before["ece"]), number(after["ece"])],
+            ["mean log loss", number(before["loss"]), number(after["loss"])],
+            ["accuracy", percent(before["accuracy"]), percent(after["accuracy"])]]
+    rows += [[f"accuracy on the {float(c):.0%} most confident", percent(before[
+        "selective_accuracy"][c]), percent(after["selective_accuracy"][c])]
+             for c in before["selective_accuracy"] if c != "1"]
+    already = ("" if record["model_temperature"] == 1 else
+               f" The model already divides its logits by {record['model_temperature']:.4f} "
+               f"(a calibrated release); the figures below are on top of that.")
+    if record.get("in_sample"):
+        already += " Fitted and measured on the same split here: the test split's are honest."
+    return (f"Temperature scaling: every logit divided by T = {record['temperature']:.4f}, "
+            f"fitted on the validation split to minimise its log loss (never on the test split); "
+            f"`scripts/export.py --calibrated` ships a model that applies it.{already}\n\n"
+            + table(["metric", "before", "after"], rows))
+
+
 def evaluation_report(summary: dict[str, Any], figures: Sequence[str]) -> str:
     """report.md: the run, the numbers, and the figures (linked by file name)."""
     ev, tr = summary["evaluation"], summary["training"]
@@ -178,14 +198,48 @@ def evaluation_report(summary: dict[str, Any], figures: Sequence[str]) -> str:
         parts += ["## Parts\n",
                   f"The ensemble averages the parts' class probabilities; weights {weights}.\n",
                   _parts_table(summary)]
+    if "calibration" in summary:
+        parts += ["## Calibration\n", calibration_section(summary["calibration"])]
     if "explanations" in summary:
         parts += ["## Explanations\n", explanations_section(summary["explanations"])]
     parts += ["## Figures\n"] + [f"![{name}]({name})\n" for name in figures]
     return "\n".join(parts)
 
 
-def comparison_report(comparison: dict[str, Any], figure: str) -> str:
-    """compare.md: one table of the models, per-class F1 side by side, the hardest classes."""
+def points(value: float) -> str:
+    """A difference of accuracies in percentage points, signed."""
+    return f"{100 * value:+.2f}"
+
+
+def interval(bounds: Sequence[float]) -> str:
+    return f"[{points(bounds[0])}, {points(bounds[1])}]"
+
+
+def p_value(value: float) -> str:
+    return f"{value:.2g}" if value >= 1e-4 else "<1e-4"
+
+
+def _differences_table(models: Sequence[dict[str, Any]]) -> str:
+    """Paired over images: each model against its reference, with the corrected test."""
+    rows = [[m["label"], d["against"], points(d["difference"]), interval(d["ci95"]),
+             f"{d['only_baseline_right']} / {d['only_model_right']}", p_value(d["mcnemar_p"]),
+             p_value(d["mcnemar_p_holm"]), "yes" if d["supported"] else "no"]
+            for m in models if (d := m["difference"])]
+    return table(["model", "against", "Δ accuracy (points)", "95% CI", "only against / only "
+                  "model right", "McNemar p", "Holm p", "supported"], rows)
+
+
+def _seeds_table(models: Sequence[dict[str, Any]]) -> str:
+    rows = [[m["label"], m["difference"]["against"], points(d["difference"]), interval(d["ci95"]),
+             p_value(d["welch_p"]), p_value(d["welch_p_holm"]), "yes" if d["supported"] else "no"]
+            for m in models if m["difference"] and (d := m["difference"].get("seeds"))]
+    return table(["model", "against", "Δ mean member accuracy", "95% CI (seeds × images)",
+                  "Welch p", "Holm p", "supported"], rows) if rows else ""
+
+
+def comparison_report(comparison: dict[str, Any], figures: Sequence[str]) -> str:
+    """compare.md: one table of the models, the paired differences between them, per-class F1
+    side by side, the hardest classes."""
     models = comparison["models"]
     rows = [[m["label"], f"{m['param_count']:,}", stat(m["accuracy"]),
              "—" if m["ensemble_accuracy"] is None else percent(m["ensemble_accuracy"]),
@@ -205,10 +259,22 @@ def comparison_report(comparison: dict[str, Any], figure: str) -> str:
              "of their averaged probabilities (for an ensemble of workdirs, `a + b`: its parts' "
              "mean ± std, and the ensemble's accuracy). Training time counts the training steps only; "
              "train images/s is the median epoch's (all members together).")
-    return "\n".join([f"# Model comparison ({comparison['split']} split)\n", overview, notes + "\n",
-                      "## Per-class F1\n", f1, f"Hardest classes: {hardest}.\n",
-                      f"Most confused pairs (mistakes summed over the models): {confused}.\n",
-                      f"![per-class F1]({figure})\n"])
+    parts = [f"# Model comparison ({comparison['split']} split)\n", overview, notes + "\n"]
+    if len(models) > 1:
+        seeds = _seeds_table(models)
+        parts += ["## Differences\n", _differences_table(models),
+                  "Each model's predictor (a multi-seed workdir: its ensemble) against the model "
+                  "named, on the same images: the accuracy difference, its 95% paired bootstrap "
+                  "interval (10,000 resamples of the images), the images only one of the two "
+                  "gets right, and the exact McNemar p-value, Holm-corrected over the table. "
+                  "Supported: corrected p < 0.05 and an interval excluding 0.\n"]
+        if seeds:
+            parts += [seeds, "Over seeds: the members' mean accuracy difference, with a bootstrap "
+                             "over seeds and images and Welch's t-test on the members' "
+                             "accuracies (Holm-corrected).\n"]
+    parts += ["## Per-class F1\n", f1, f"Hardest classes: {hardest}.\n",
+              f"Most confused pairs (mistakes summed over the models): {confused}.\n"]
+    return "\n".join(parts + [f"![{name}]({name})\n" for name in figures])
 
 
 def _setting_values(sweep: dict[str, Any], values: dict[str, float]) -> list[str]:

@@ -20,6 +20,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +35,8 @@ from fmnist_jax import config as config_lib
 from fmnist_jax import data, locking, metrics, optim, plots, report, sharding, sweep, tensorboard
 from fmnist_jax import train as train_lib
 from fmnist_jax.checkpointing import Checkpoints
-from fmnist_jax.errors import CheckpointError, ConfigError, TrainingDiverged, UserError
+from fmnist_jax.errors import (CheckpointError, ConfigError, DamagedRun, TrainingDiverged,
+                               UserError)
 from fmnist_jax.models import create_model, param_count
 
 # Fields a resumed run may change (any other change is refused): the length, where the data is read
@@ -229,10 +231,17 @@ def epoch_record(epoch: int, train: dict, val: dict, lr: np.ndarray, active: np.
 
 
 def _truncate_metrics(workdir: Path, completed_epochs: int) -> None:
-    """Drops lines of epochs after the checkpoint a resumed run starts from (atomically)."""
+    """Drops lines of epochs after the checkpoint a resumed run starts from (atomically); refuses a
+    history that lacks some of the checkpoint's epochs."""
     path = workdir / "metrics.jsonl"
-    if path.exists() and sharding.is_primary():
-        kept = [r for r in read_history(workdir) if r["epoch"] <= completed_epochs]
+    if not sharding.is_primary():
+        return
+    kept = [r for r in read_history(workdir) if r["epoch"] <= completed_epochs]
+    if len(kept) < completed_epochs:
+        raise DamagedRun(f"{path} holds {len(kept)} epoch(s) but the checkpoint has "
+                         f"{completed_epochs}; restore the file from a copy, or train again "
+                         f"in a new --workdir")
+    if path.exists():
         path.with_suffix(".tmp").write_text("".join(json.dumps(r) + "\n" for r in kept))
         path.with_suffix(".tmp").replace(path)
 
@@ -382,19 +391,39 @@ def _print(quiet: bool, *args) -> None:
         print(*args, flush=True)
 
 
+@contextlib.contextmanager
+def _removed_if_left_empty(workdir: Path) -> Iterator[None]:
+    """Removes `workdir` when the run made it and stopped before writing anything in it (a refused
+    config or too little memory), so a refused run leaves nothing behind."""
+    existed = workdir.exists()
+    try:
+        yield
+    except BaseException:
+        if not existed:
+            with contextlib.suppress(OSError):
+                workdir.rmdir()  # only ever an empty folder
+        raise
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path, *,
                        quiet: bool = False, command: str = "", mesh: str = "") -> dict[str, Any]:
     """Trains (or resumes) the run in `workdir`, then tests its best parameters; the summary.
 
     `mesh` is `--mesh` (e.g. `data:4,seeds:2`; empty: the default of `sharding.mesh_shape`). With
-    several processes only process 0 prints and writes files other than checkpoints. One run at a
-    time writes a workdir (`locking.py`): a second is refused.
+    several processes only process 0 prints and writes files other than checkpoints. A workdir
+    made here and left empty by a failure is removed. One run at a time writes a workdir
+    (`locking.py`): a second is refused.
     """
+    with _removed_if_left_empty(Path(workdir)):
+        return _checked_and_locked(config, Path(workdir), quiet, command, mesh)
+
+
+def _checked_and_locked(config: ml_collections.ConfigDict, workdir: Path, quiet: bool,
+                        command: str, mesh: str) -> dict[str, Any]:
     config_lib.validate(config)
     num_members = len(seeds_of(config))
     layout = sharding.make_layout(mesh, num_members)
     layout.check(config.batch_size, num_members)
-    workdir = Path(workdir)
     ensure_writable(workdir)
     with locking.exclusive(workdir, enabled=sharding.is_primary()):
         return _train_and_evaluate(config, workdir, layout, quiet or not sharding.is_primary(),
@@ -439,8 +468,9 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: Path,
                                              for k, v in position.partial.items()})
         trainer.compile(states, acc)
         _print(quiet, f"compiled the train step in {trainer.compile_seconds:.1f}s")
-        with tensorboard.EpochWriter(workdir, seeds_of(config), read_history(workdir),
-                                     quiet) as board:
+        settings = sweep.member_settings(config) if sweep.is_sweep(config) else None
+        with tensorboard.EpochWriter(workdir, seeds_of(config), read_history(workdir), quiet,
+                                     settings) as board:
             states = _epochs(trainer, ckpts, states, acc, position, meta, board)
     return _finish(trainer, states, meta, workdir, quiet)
 
@@ -535,13 +565,43 @@ def _saved_and_how_to_resume(step: int, meta: dict[str, Any], workdir: Path) -> 
             f"saved checkpoint step {step} in {workdir}; resume by training in the same workdir")
 
 
+# What every line of metrics.jsonl holds (the readers sum and average these).
+HISTORY_FIELDS = ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "seconds",
+                  "train_seconds", "images_per_second")
+
+
+def _history_problem(record: Any, epoch: int) -> str | None:
+    """Why `record` cannot be line `epoch` of metrics.jsonl (None: it can)."""
+    if not isinstance(record, dict):
+        return f"a JSON {type(record).__name__}, not a record of an epoch"
+    if record.get("epoch") != epoch or isinstance(record.get("epoch"), bool):
+        return f"epoch {record.get('epoch')!r} where epoch {epoch} belongs"
+    wrong = [name for name in HISTORY_FIELDS
+             if isinstance(record.get(name), bool) or not isinstance(record.get(name), (int, float))]
+    return f"no number in {', '.join(wrong)}" if wrong else None
+
+
 def read_history(workdir: Path) -> list[dict[str, Any]]:
-    """The records of metrics.jsonl, one per completed epoch; a line cut short by a kill is dropped."""
+    """The records of metrics.jsonl, one per completed epoch (1, 2, ...). A last line cut short by
+    a kill (no newline) is dropped; any other line that is not an epoch's record stops the run
+    with `DamagedRun`, naming the file and line, rather than losing that epoch's history."""
     path = Path(workdir) / "metrics.jsonl"
+    lines = path.read_text().split("\n") if path.exists() else []
     records = []
-    for line in path.read_text().splitlines() if path.exists() else []:
-        with contextlib.suppress(json.JSONDecodeError):
-            records.append(json.loads(line))
+    for number, line in enumerate(lines, 1):
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as e:
+            if number == len(lines):  # after the last newline: empty, or cut short by a kill
+                break
+            record, problem = None, f"not JSON ({e.msg})"
+        else:
+            problem = _history_problem(record, number)
+        if problem:
+            raise DamagedRun(f"{path} line {number} is damaged: {problem}; restore the file from "
+                             f"a copy, or train again in a new --workdir (the history of its "
+                             f"epochs cannot be rebuilt from the checkpoints)")
+        records.append(record)
     return records
 
 

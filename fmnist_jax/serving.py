@@ -2,6 +2,9 @@
 
   POST /v1/classify   images as multipart files (field `image`, repeatable) or JSON
                       `{"images": [base64, ...]}`; `?top=K`; answers each image's top-K classes
+                      and whether it looks like Fashion-MNIST (`in_distribution`, `ood_score`)
+  POST /v1/explain    the same inputs; a PNG of the top class's heat map over the image, or
+                      every image's map as JSON with `?format=json`
   GET  /v1/model      name, classes, test accuracy, version, device, limits
   GET  /v1/examples   a few real test images for the web page
   GET  /healthz       {"status": "ok"}
@@ -10,9 +13,13 @@
 
 Images are preprocessed as predict.py does (`images.read_image`, `images.to_model_input`). The
 model is the portable one (`portable.py`): read from a release or export, or exported in memory from
-a workdir. Concurrent requests are gathered into one call (`Batcher`: a short window or a full
-batch, whichever first), padded to one of a few fixed batch sizes compiled at start, so nothing
-compiles while serving. A bad request gets a JSON error with a 4xx status.
+a workdir. Concurrent requests are gathered into one call (`Batcher`: a request that finds the
+model idle runs at once; those that arrive while it runs form the next batch), padded to one of a
+few fixed batch sizes compiled at start, so nothing compiles while serving. The
+out-of-distribution detector (`ood.py`) is the one the release ships, run in the same compiled call;
+the explainer (`explain.py`) needs a release or workdir's weights. A bad request gets a JSON error
+with a 4xx status. What clients can make it hold (bytes, pixels being decoded, time, connections)
+is bounded by `serving_limits.Limits`.
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ import dataclasses
 import io
 import json
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -45,28 +53,19 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 import fmnist_jax
-from fmnist_jax import images, portable
-from fmnist_jax.errors import UserError
+from fmnist_jax import images, ood, portable
+from fmnist_jax.errors import UserError, reading
 from fmnist_jax.metrics import check_finite
+from fmnist_jax.serving_limits import BoundedBodies, DecodeBudget, Limits
+from fmnist_jax.serving_limits import Refused as RequestError
 
 STATIC = Path(__file__).resolve().parent / "static"
 SHAPE = (images.SIZE, images.SIZE, 1)
 BATCH_SIZES = (1, 8, 32, 128)
 MAX_IMAGES = 128  # per request
 MAX_IMAGE_BYTES = 8 * 2**20  # per image file
-MAX_IMAGE_PIXELS = 6000 * 6000
-MAX_REQUEST_BYTES = 32 * 2**20
-MAX_TOP = 10
 INLINE_DECODE_PIXELS = 256 * 256  # smaller images are decoded in the event loop, larger in a thread
 KEEP_ALIVE_SECONDS = 75  # idle connections kept open: clients that reuse them never race a close
-
-
-class RequestError(Exception):
-    """A request the server refuses, with the HTTP status to answer."""
-
-    def __init__(self, status: int, message: str):
-        super().__init__(message)
-        self.status = status
 
 
 def load_model(path: str | Path) -> portable.Portable:
@@ -81,6 +80,23 @@ def load_model(path: str | Path) -> portable.Portable:
     from fmnist_jax import evaluation  # pylint: disable=import-outside-toplevel
     restored = evaluation.for_setting(evaluation.load_workdir(path))
     return portable.Portable(portable.export(restored), portable.metadata(restored))
+
+
+def load_detector(path: str | Path) -> ood.Detector | None:
+    """The out-of-distribution detector shipped beside the model in `path`; None without one."""
+    path = Path(path)
+    return ood.load(path.parent if path.is_file() else path)
+
+
+def load_explainer(path: str | Path) -> Any:
+    """An `explain.Explainer` of the release or workdir `path`; None for an exported model file
+    (which has no weights to take gradients of)."""
+    path = Path(path)
+    if not (path / "checkpoints").is_dir():
+        return None
+    from fmnist_jax import evaluation, explain  # pylint: disable=import-outside-toplevel
+    return explain.Explainer.from_restored(
+        evaluation.for_setting(evaluation.load_workdir(path)))
 
 
 def batch_sizes(max_batch: int) -> tuple[int, ...]:
@@ -109,25 +125,31 @@ class Metrics:
 
 
 class Predictor:
-    """The model as one jitted function of padded batches; every size compiled at start."""
+    """The model (and the detector's components, when there is one) as one jitted function of
+    padded batches; every size compiled at start."""
 
-    def __init__(self, model: portable.Portable, max_batch: int, metrics: Metrics):
+    def __init__(self, model: portable.Portable, max_batch: int, metrics: Metrics,
+                 detector: ood.Detector | None = None):
         self.sizes = batch_sizes(max_batch)
         self.metrics = metrics
         self.served = 0  # images classified
 
         def traced(x):
             metrics.compilations.inc()  # runs only when jit traces, i.e. compiles a new shape
-            return model.exported.call(x)
+            out = {"probabilities": model.exported.call(x)}
+            if detector is not None:
+                out["components"] = detector.components(x)
+            return out
 
         self.function = jax.jit(traced)
         self.source = f"the served model ({model.metadata['model']})"
         for size in self.sizes:  # a damaged model is refused here, before it answers anyone
-            check_finite(np.asarray(self.function(np.zeros((size, *SHAPE), np.uint8))),
-                         self.source)
+            warm = self.function(np.zeros((size, *SHAPE), np.uint8))
+            check_finite(np.asarray(warm["probabilities"]), self.source)
 
-    def __call__(self, batch: np.ndarray) -> np.ndarray:
-        """Probabilities `[N, 10]` of uint8 `[N, 28, 28, 1]`, in padded chunks of known sizes."""
+    def __call__(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        """`{"probabilities": [N, 10]}` (and `"components": [N, 4]`) of uint8 `[N, 28, 28, 1]`,
+        in padded chunks of known sizes."""
         outputs = []
         for start in range(0, len(batch), self.sizes[-1]):
             chunk = batch[start:start + self.sizes[-1]]
@@ -135,11 +157,12 @@ class Predictor:
             padded = np.zeros((size, *chunk.shape[1:]), np.uint8)
             padded[:len(chunk)] = chunk
             self.metrics.batch.observe(len(chunk))
-            outputs.append(check_finite(np.asarray(self.function(padded))[:len(chunk)],
-                                        self.source))
+            outputs.append(jax.tree.map(lambda a, n=len(chunk): np.asarray(a)[:n],
+                                        self.function(padded)))
+            check_finite(outputs[-1]["probabilities"], self.source)
         self.metrics.images.inc(len(batch))
         self.served += len(batch)
-        return np.concatenate(outputs)
+        return jax.tree.map(lambda *parts: np.concatenate(parts), *outputs)
 
 
 class Measured:
@@ -174,8 +197,10 @@ class _Waiting:
 
 
 class Batcher:
-    """Gathers concurrent requests' images into one call: it runs when `max_batch` images are
-    waiting or `window` seconds after the first arrived, whichever comes first."""
+    """Gathers concurrent requests' images into one call. With `window` 0 (the default) a request
+    that finds the model idle runs at once, and the requests that arrive while a call runs form the
+    next one: no idle wait, and batches grow with the load. A `window` > 0 makes a call wait up to
+    that long after its first request for more, until `max_batch` images are waiting."""
 
     def __init__(self, predictor: Predictor, window: float):
         self.predictor, self.window = predictor, window
@@ -184,7 +209,7 @@ class Batcher:
         self.arrived = asyncio.Event()
         self.executor = concurrent.futures.ThreadPoolExecutor(1, "model")
 
-    async def classify(self, batch: np.ndarray) -> np.ndarray:
+    async def classify(self, batch: np.ndarray) -> Any:
         future = asyncio.get_running_loop().create_future()
         self.waiting.append(_Waiting(batch, future))
         self.arrived.set()
@@ -221,7 +246,7 @@ class Batcher:
         while True:
             taken = await self._gather()
             try:
-                probabilities = await loop.run_in_executor(
+                outputs = await loop.run_in_executor(
                     self.executor, self.predictor, np.concatenate([w.images for w in taken]))
             except Exception as e:  # pylint: disable=broad-except
                 for w in taken:
@@ -231,7 +256,7 @@ class Batcher:
             offsets = np.cumsum([0] + [len(w.images) for w in taken])
             for w, start, stop in zip(taken, offsets[:-1], offsets[1:]):
                 if not w.future.done():
-                    w.future.set_result(probabilities[start:stop])
+                    w.future.set_result(jax.tree.map(lambda a, i=start, j=stop: a[i:j], outputs))
 
 
 def pixels(data: bytes) -> int:
@@ -243,38 +268,29 @@ def pixels(data: bytes) -> int:
         return 0
 
 
-def decode(data: bytes, name: str) -> np.ndarray:
+def decode(data: bytes, name: str, max_pixels: int = Limits.image_pixels) -> np.ndarray:
     """An uploaded file as a model input `[28, 28, 1]`, as predict.py makes it; or RequestError
     (413 over the limits, checked before decoding)."""
     if not data:
         raise RequestError(400, f"{name}: the file is empty; send a PNG or JPEG image")
     try:
         return images.to_model_input(images.read_image(
-            io.BytesIO(data), name, MAX_IMAGE_BYTES, MAX_IMAGE_PIXELS))
+            io.BytesIO(data), name, MAX_IMAGE_BYTES, max_pixels))
     except images.ImageTooLargeError as e:
         raise RequestError(413, f"{e}; send a smaller image") from None
     except images.ImageFileError as e:
         raise RequestError(400, f"{e}; send a PNG or JPEG image") from None
 
 
-async def _body(request: Request) -> bytes:
-    """The request body, refused once it passes MAX_REQUEST_BYTES."""
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > MAX_REQUEST_BYTES:
-            raise RequestError(413, f"the request is over {MAX_REQUEST_BYTES} bytes; send fewer "
-                                    f"or smaller images")
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
 async def _multipart_files(request: Request) -> list[tuple[str, bytes]]:
     try:
-        form = await request.form(max_files=MAX_IMAGES + 1, max_fields=MAX_IMAGES + 1)
-    except HTTPException as e:
-        raise RequestError(400, f"malformed multipart upload ({e.detail}); send files in the "
-                                f"field 'image'") from None
+        form = await request.form(max_files=MAX_IMAGES, max_fields=MAX_IMAGES)
+    except HTTPException as e:  # starlette's limits on parts: over one is a 413, as documented
+        if e.detail.startswith("Too many files"):
+            raise RequestError(413, f"too many images; at most {MAX_IMAGES} per request") from None
+        over = e.detail.startswith(("Too many", "Part exceeded", "Field exceeded"))
+        raise RequestError(413 if over else 400, f"malformed multipart upload ({e.detail}); send files in the "
+                                   f"field 'image'") from None
     try:
         uploads = form.getlist("image")
         files = [u for u in uploads if not isinstance(u, str)]
@@ -291,9 +307,10 @@ async def _multipart_files(request: Request) -> list[tuple[str, bytes]]:
 
 async def _json_files(request: Request) -> list[tuple[str, bytes]]:
     try:
-        payload = json.loads(await _body(request))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise RequestError(400, f"malformed JSON ({e}); send "
+        payload = json.loads(await request.body())
+    except (ValueError, RecursionError) as e:  # ValueError: bad JSON or UTF-8, a 5,000-digit number
+        detail = str(e).split(";")[0][:200]  # not Python's advice to raise its digit limit
+        raise RequestError(400, f"malformed JSON ({detail}); send "
                                 f"{{\"images\": [base64, ...]}}") from None
     encoded = payload.get("images") if isinstance(payload, dict) else None
     if not isinstance(encoded, list) or not all(isinstance(s, str) for s in encoded):
@@ -318,19 +335,58 @@ def _check_count(count: int, where: str) -> None:
 
 
 def _top(request: Request, classes: int) -> int:
-    text = request.query_params.get("top", "3")
-    if not text.isdigit() or not 1 <= int(text) <= min(MAX_TOP, classes):
-        raise RequestError(400, f"top must be a whole number from 1 to {min(MAX_TOP, classes)}, "
-                                f"got {text!r}")
+    text, most = request.query_params.get("top", "3"), min(images.MAX_TOP, classes)
+    if not (text.isascii() and text.isdigit()) or not 1 <= int(text) <= most:
+        raise RequestError(400, f"top must be a whole number from 1 to {most}, got {text!r}")
     return int(text)
 
 
+async def _uploaded(request: Request, decode_one: Callable[[bytes, str], Awaitable[np.ndarray]]
+                    ) -> tuple[list[str], np.ndarray]:
+    """The names and model inputs `[N, 28, 28, 1]` of a request's images (multipart or JSON),
+    each decoded by `decode_one` (within the app's decode budget)."""
+    kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if kind == "multipart/form-data":
+        files = await _multipart_files(request)
+    elif kind == "application/json":
+        files = await _json_files(request)
+    else:
+        raise RequestError(415, f"content type {kind or 'none'!r} is not accepted; send "
+                                f"multipart/form-data (field 'image') or application/json")
+    inputs = [await decode_one(data, name) for name, data in files]
+    return [name for name, _ in files], np.stack(inputs)
+
+
+def _flags(detector: ood.Detector | None, outputs: dict[str, np.ndarray]) -> list[dict]:
+    if detector is None:
+        return ood.no_flag(len(outputs["probabilities"]))
+    return detector.flag(outputs["components"])
+
+
+def _heat_maps(explainer: Any, inputs: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    """The explainer's first method's maps `[N, 28, 28]`, one compiled call of one image each."""
+    method = explainer.methods[0]
+    return np.concatenate([explainer.attributions(method, inputs[i:i + 1], targets[i:i + 1])
+                           for i in range(len(inputs))])
+
+
+def _png(picture: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(picture).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
 def create_app(model: portable.Portable, max_batch: int = BATCH_SIZES[-1],
-               window: float = 0.005) -> Starlette:
-    """The app serving `model`; its batch sizes are compiled here, before it answers anyone."""
+               window: float = 0.0, detector: ood.Detector | None = None,
+               explainer: Any = None, limits: Limits = Limits()) -> Starlette:
+    """The app serving `model` (with its out-of-distribution `detector` and `explainer` when
+    given); its batch sizes are compiled here, before it answers anyone."""
     metrics = Metrics()
-    predictor = Predictor(model, max_batch, metrics)
+    budget = DecodeBudget(limits)
+    predictor = Predictor(model, max_batch, metrics, detector)
     batcher = Batcher(predictor, window)
+    if explainer is not None:  # compiled now: the first request does not wait for it
+        _heat_maps(explainer, np.zeros((1, *SHAPE), np.uint8), np.zeros(1, np.int32))
     info = {"name": model.metadata["model"], "classes": model.class_names,
             "test_accuracy": model.metadata.get("test_accuracy"),
             "predictor": model.metadata.get("predictor"), "seeds": model.metadata.get("seeds"),
@@ -339,29 +395,50 @@ def create_app(model: portable.Portable, max_batch: int = BATCH_SIZES[-1],
                         "commit": model.metadata.get("commit")},
             "device": f"{jax.devices()[0].device_kind} ({jax.default_backend()})",
             "batch_sizes": list(predictor.sizes), "batch_window_ms": window * 1000,
+            "ood": None if detector is None else {
+                k: detector.parameters[k] for k in ("method", "veto", "threshold",
+                                                    "validation_accepted")},
+            "explain": None if explainer is None else explainer.methods[0],
             "limits": {"images_per_request": MAX_IMAGES, "image_bytes": MAX_IMAGE_BYTES,
-                       "image_pixels": MAX_IMAGE_PIXELS, "request_bytes": MAX_REQUEST_BYTES}}
+                       **dataclasses.asdict(limits)}}
 
     async def classify(request: Request) -> Response:
         top = _top(request, len(model.class_names))
-        length = request.headers.get("content-length", "0")
-        if length.isdigit() and int(length) > MAX_REQUEST_BYTES:
-            raise RequestError(413, f"the request is over {MAX_REQUEST_BYTES} bytes; send fewer "
-                                    f"or smaller images")
-        kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
-        if kind == "multipart/form-data":
-            files = await _multipart_files(request)
-        elif kind == "application/json":
-            files = await _json_files(request)
-        else:
-            raise RequestError(415, f"content type {kind or 'none'!r} is not accepted; send "
-                                    f"multipart/form-data (field 'image') or application/json")
-        inputs = [decode(data, name) if pixels(data) <= INLINE_DECODE_PIXELS
-                  else await asyncio.to_thread(decode, data, name) for name, data in files]
-        probabilities = await batcher.classify(np.stack(inputs))
+        names, inputs = await _uploaded(request, _decode)
+        outputs = await batcher.classify(inputs)
         return JSONResponse({"model": info["name"], "results": [
-            {"file": name, "top": images.top_classes(p, model.class_names, top)}
-            for (name, _), p in zip(files, probabilities)]})
+            {"file": name, "top": images.top_classes(p, model.class_names, top), **flag}
+            for name, p, flag in zip(names, outputs["probabilities"],
+                                     _flags(detector, outputs))]})
+
+    async def explain_route(request: Request) -> Response:
+        answer = request.query_params.get("format", "png")
+        if answer not in ("png", "json"):
+            raise RequestError(400, f"format must be png or json, got {answer!r}")
+        if explainer is None:
+            raise RequestError(404, "this server has no explainer (it serves an exported model "
+                                    "file); serve a release or workdir folder to explain")
+        names, inputs = await _uploaded(request, _decode)
+        if answer == "png" and len(inputs) > 1:
+            raise RequestError(400, f"a PNG explains one image, got {len(inputs)}; send one, "
+                                    f"or ask ?format=json")
+        outputs = await batcher.classify(inputs)
+        targets = outputs["probabilities"].argmax(-1)
+        maps = await asyncio.to_thread(_heat_maps, explainer, inputs, targets)
+        if answer == "png":
+            from fmnist_jax import explain  # pylint: disable=import-outside-toplevel
+            return Response(_png(explain.overlay(inputs[0], maps[0])), media_type="image/png")
+        return JSONResponse({"model": info["name"], "method": explainer.methods[0], "results": [
+            {"file": name, "class": model.class_names[t], "label": int(t), **flag,
+             "map": np.round(m, 5).tolist()}
+            for name, t, m, flag in zip(names, targets, maps, _flags(detector, outputs))]})
+
+    async def _decode(data: bytes, name: str) -> np.ndarray:
+        """Small images in the event loop; larger ones in a thread, within the decode budget."""
+        size = pixels(data)
+        if size <= INLINE_DECODE_PIXELS or size > limits.image_pixels:  # the latter: refused
+            return decode(data, name, limits.image_pixels)
+        return await budget.run(size, decode, data, name, limits.image_pixels)
 
     async def examples(_: Request) -> Response:
         listed = json.loads((STATIC / "examples" / "examples.json").read_text())
@@ -398,19 +475,27 @@ def create_app(model: portable.Portable, max_batch: int = BATCH_SIZES[-1],
               Route("/v1/model", lambda _: JSONResponse(info)),
               Route("/v1/examples", examples),
               Route("/v1/classify", classify, methods=["POST"]),
+              Route("/v1/explain", explain_route, methods=["POST"]),
               Route("/metrics", metrics_page),
               Mount("/static", StaticFiles(directory=STATIC), name="static")]
     measured = Middleware(Measured, metrics=metrics, paths={r.path for r in routes})
-    return Starlette(routes=routes, lifespan=lifespan, middleware=[measured],
+    bounded = Middleware(BoundedBodies, limits=limits)
+    return Starlette(routes=routes, lifespan=lifespan, middleware=[measured, bounded],
                      exception_handlers={RequestError: error, HTTPException: error,
                                          Exception: error})
 
 
-def serve(path: str | Path, host: str, port: int, max_batch: int, window: float) -> None:
-    """Serves the model in `path` until SIGINT/SIGTERM (uvicorn's graceful shutdown)."""
-    model = load_model(path)
-    app = create_app(model, max_batch, window)
-    print(f"serving {model.metadata['model']} on http://{host}:{port}/ (batch sizes "
+def serve(path: str | Path, host: str, port: int, max_batch: int, window: float,
+          limits: Limits = Limits()) -> None:
+    """Serves the model in `path` until SIGINT/SIGTERM (uvicorn's graceful shutdown, cut short
+    after `limits.shutdown_seconds`)."""
+    with reading(path):  # a damaged model stops the start with one line
+        model = load_model(path)
+        app = create_app(model, max_batch, window, detector=load_detector(path),
+                         explainer=load_explainer(path), limits=limits)
+        name = model.metadata["model"]
+    print(f"serving {name} on http://{host}:{port}/ (batch sizes "
           f"{list(batch_sizes(max_batch))}, window {window * 1000:g} ms)", flush=True)
     uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False,
-                timeout_keep_alive=KEEP_ALIVE_SECONDS)
+                timeout_keep_alive=KEEP_ALIVE_SECONDS, limit_concurrency=limits.connections,
+                timeout_graceful_shutdown=limits.shutdown_seconds)

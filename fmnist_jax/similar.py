@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -21,12 +22,28 @@ import numpy as np
 
 from fmnist_jax import data, evaluation, locking, plots
 from fmnist_jax import train as train_lib
+from fmnist_jax.errors import UserError
 
 if TYPE_CHECKING:
     from fmnist_jax.evaluation import Restored
 
 CACHE = "eval-embeddings"
 CHUNK = 1024  # queries per similarity block (a block of 1024 x 54,000 floats is 221 MB)
+
+
+def embedding_and_logits(model: nn.Module, variables: Any, x: jax.Array, *,
+                         train: bool = False) -> tuple[jax.Array, jax.Array]:
+    """The classifier's input `[B, D]` (the embedding) and the logits `[B, C]` of normalised `x`."""
+    seen = {}
+
+    def record(next_fun, args, kwargs, context):
+        if isinstance(context.module, nn.Dense) and context.method_name == "__call__":
+            seen["input"] = args[0]  # the last Dense called is the classifier
+        return next_fun(*args, **kwargs)
+
+    with nn.intercept_methods(record):
+        logits = model.apply(variables, x, train=train)
+    return seen["input"].reshape(x.shape[0], -1), logits
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,16 +53,7 @@ class PenultimateLayer:
     model: nn.Module
 
     def apply(self, variables: Any, x: jax.Array, *, train: bool) -> jax.Array:
-        seen = {}
-
-        def record(next_fun, args, kwargs, context):
-            if isinstance(context.module, nn.Dense) and context.method_name == "__call__":
-                seen["input"] = args[0]  # the last Dense called is the classifier
-            return next_fun(*args, **kwargs)
-
-        with nn.intercept_methods(record):
-            self.model.apply(variables, x, train=train)
-        return seen["input"].reshape(x.shape[0], -1)
+        return embedding_and_logits(self.model, variables, x, train=train)[0]
 
 
 def embed(restored: Restored, images: np.ndarray, member: int = 0) -> np.ndarray:
@@ -74,10 +82,15 @@ def cached_training_embeddings(restored: Restored, cache_dir: Path | None = None
     key = {"step": restored.step, "checkpoint": restored.checkpoint, "member": 0}
     train = training_split(restored)
     array, record = cache_dir / "train.npy", cache_dir / "train.json"
-    if record.is_file() and array.is_file() and json.loads(record.read_text()) == key:
-        embeddings = np.load(array)
-        if len(embeddings) == len(train.labels):
-            return embeddings, train
+    if record.is_file() and array.is_file():
+        try:
+            if json.loads(record.read_text()) == key:
+                embeddings = np.load(array)
+                if embeddings.shape[0] == len(train.labels):
+                    return embeddings, train
+        except (ValueError, OSError, EOFError) as e:  # a damaged cache (truncated, garbled)
+            print(f"the cached embeddings in {cache_dir} cannot be read ({e}); computing them "
+                  f"again", file=sys.stderr)
     with locking.exclusive(cache_dir):  # one process at a time writes the cache
         embeddings = embed(restored, train.images)
         cache_dir.mkdir(parents=True, exist_ok=True)
@@ -126,6 +139,14 @@ def embedding_map(restored: Restored, images: np.ndarray, labels: np.ndarray, ti
     out.mkdir(parents=True, exist_ok=True)
     return plots.save(plots.embedding_figure(points, labels, restored.class_names, title),
                       out / "embedding_map.png")
+
+
+def check_k(restored: Restored, k: int) -> None:
+    """Refuses asking for more neighbours than the run's training split has images."""
+    size = restored.meta["data"]["train_size"]
+    if k > size:
+        raise UserError(f"-k={k} asks for more neighbours than the {size} training images of "
+                        f"{restored.workdir}; give -k from 1 to {size}")
 
 
 def search(restored: Restored, queries: np.ndarray, names: Sequence[str], k: int,

@@ -42,6 +42,7 @@ VARIABLE = {
 }
 assert {f[len(OPTIMIZER):] for f in VARIABLE if f.startswith(OPTIMIZER)} == set(optim.HYPERPARAMS)
 CAN_VARY = ", ".join(VARIABLE)
+MAX_MEMBERS = 4096  # settings x seeds of one run: one compiled program, one metrics line per epoch
 ACTIVATION_FACTOR = 3  # an activation's value, its gradient and one temporary, per layer output
 
 
@@ -75,10 +76,20 @@ def apply(config: ml_collections.ConfigDict, specs: Sequence[str]) -> None:
                               f"use it (only {', '.join(readers)}); set "
                               f"--config.optimizer.name={readers[0]} or sweep another field")
         grid[field] = values
+    members = math.prod(len(values) for values in grid.values()) * config.num_seeds
+    if members > MAX_MEMBERS:
+        raise ConfigError(f"--sweep: {' x '.join(str(len(v)) for v in grid.values())} settings x "
+                          f"{config.num_seeds} seed(s) = {members:,} members, more than the "
+                          f"{MAX_MEMBERS:,} one run holds; sweep fewer values or seeds, or split "
+                          f"the grid over several runs")
+    for field, values in grid.items():  # each field is checked on its own, so each value once
+        for value in values:
+            try:
+                config_lib.validate(_plain(config, {field: value}))
+            except ConfigError as e:
+                raise ConfigError(f"--sweep={field} value {value!r}: {e}") from None
     with config.ignore_type():
         config.sweep = tuple(f"{f}={','.join(map(repr, v))}" for f, v in grid.items())
-    for k in range(len(settings(config))):
-        config_lib.validate(setting_config(config, k))
 
 
 def grid(config: ml_collections.ConfigDict) -> dict[str, tuple[float, ...]]:
@@ -107,14 +118,21 @@ def member_settings(config: ml_collections.ConfigDict) -> list[int]:
     return [k for k in range(len(settings(config))) for _ in range(config.num_seeds)]
 
 
-def setting_config(config: ml_collections.ConfigDict, k: int,
-                   seed: int | None = None) -> ml_collections.ConfigDict:
-    """The plain run's config of setting `k` (all its seeds, or `seed` alone)."""
+def _plain(config: ml_collections.ConfigDict,
+           values: dict[str, float]) -> ml_collections.ConfigDict:
+    """A plain run's copy of `config` with the sweep's fields set to `values`."""
     single = config.copy_and_resolve_references()
-    for field, value in settings(config)[k].items():
+    for field, value in values.items():
         config_lib.apply_override(single, field, repr(value))
     with single.ignore_type():
         single.sweep = ()
+    return single
+
+
+def setting_config(config: ml_collections.ConfigDict, k: int,
+                   seed: int | None = None) -> ml_collections.ConfigDict:
+    """The plain run's config of setting `k` (all its seeds, or `seed` alone)."""
+    single = _plain(config, settings(config)[k])
     if seed is not None:
         single.seed, single.num_seeds = seed, 1
     return single
@@ -127,7 +145,8 @@ def short(field: str) -> str:
 def member_hparams(config: ml_collections.ConfigDict) -> tuple[dict, dict]:
     """Each member's values `[S]`: the optimizer's (`optim.HYPERPARAMS` names) and the train
     step's (`label_smoothing`, `ema_decay`); empty without a sweep."""
-    chosen = [settings(config)[k] for k in member_settings(config)]
+    every = settings(config)
+    chosen = [every[k] for k in member_settings(config)]
     optimizer, step = {}, {}
     for field in grid(config):
         values = np.array([s[field] for s in chosen], np.float32)

@@ -6,7 +6,9 @@ no TensorFlow, when the `tensorboard` extra is installed (`pip install -e .[tens
 it a run writes none and says so in one line.
 
 Tags, at step = epoch: each metric of metrics.jsonl under its own name (`val_accuracy`, ...: the
-mean over the members), and with several seeds each member's as `member_<seed>/<metric>`.
+mean over the members), and with several seeds each member's as `member_<seed>/<metric>`. Of a
+sweep, each setting's mean over its seeds as `setting_<k>/<metric>` and each member's as
+`setting_<k>/seed_<seed>/<metric>`, so members of one seed in different settings stay apart.
 
 Resume: the event files are rewritten from `metrics.jsonl` when a run starts, after the resumed run
 dropped the lines of epochs past its checkpoint, so every epoch appears once, with the values of
@@ -29,12 +31,23 @@ MISSING = ("TensorBoard: no event files written (tensorboardX is not installed; 
            "`pip install -e .[tensorboard]` to write them)")
 
 
-def scalars(record: dict[str, Any], seeds: Sequence[int]) -> dict[str, float]:
-    """The TensorBoard tags and values of one line of metrics.jsonl."""
+def member_tags(seeds: Sequence[int], settings: Sequence[int] | None = None) -> list[str]:
+    """Each member's tag prefix: `member_<seed>`, or of a sweep (`settings`: each member's
+    setting) `setting_<k>/seed_<seed>`."""
+    if settings is None:
+        return [f"member_{seed}" for seed in seeds]
+    return [f"setting_{k}/seed_{seed}" for k, seed in zip(settings, seeds)]
+
+
+def scalars(record: dict[str, Any], members: Sequence[str]) -> dict[str, float]:
+    """The TensorBoard tags and values of one line of metrics.jsonl (`members`: `member_tags`)."""
     values = {name: record[name] for name in METRICS if name in record}
     for name in METRICS:
-        for seed, value in zip(seeds, record.get(name + "_members", ())):
-            values[f"member_{seed}/{name}"] = value
+        for member, value in zip(members, record.get(name + "_members", ())):
+            values[f"{member}/{name}"] = value
+    for setting in record.get("settings", ()):
+        values.update({f"setting_{setting['setting']}/{name}": setting[name]
+                       for name in METRICS if name in setting})
     return values
 
 
@@ -42,8 +55,8 @@ class EpochWriter:
     """Writes each epoch's record as scalars; a no-op without tensorboardX or off process 0."""
 
     def __init__(self, workdir: Path, seeds: Sequence[int], history: Iterable[dict[str, Any]],
-                 quiet: bool = False):
-        self.seeds = list(seeds)
+                 quiet: bool = False, settings: Sequence[int] | None = None):
+        self.members = member_tags(seeds, settings)
         self.writer = None
         if not sharding.is_primary():
             return
@@ -62,7 +75,7 @@ class EpochWriter:
     def write(self, record: dict[str, Any]) -> None:
         if self.writer is None:
             return
-        for tag, value in scalars(record, self.seeds).items():
+        for tag, value in scalars(record, self.members).items():
             self.writer.add_scalar(tag, value, record["epoch"])
         self.writer.flush()
 

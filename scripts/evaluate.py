@@ -9,7 +9,9 @@ Everything is rebuilt from what the workdir stored. With several seeds, the pred
 ensemble (the average of the members' class probabilities), and each member is reported as well.
 With several workdirs, the predictor averages their probabilities (equal weights, or weights
 fitted on the validation split), and each part is reported beside it. One workdir's evaluation
-explains its predictions too (Grad-CAM, integrated gradients and their sanity checks).
+explains its predictions too (Grad-CAM, integrated gradients and their sanity checks) and
+calibrates them: a temperature fitted on the validation split, the ECE and log loss before and after
+it, a reliability diagram and an accuracy-coverage curve (`export.py --calibrated` ships it).
 Of a sweep (train.py --sweep), the members of one setting are evaluated: the best on validation
 unless --setting says otherwise.
 """
@@ -29,7 +31,7 @@ from fmnist_jax.errors import UserError  # noqa: E402  pylint: disable=wrong-imp
 def evaluate_one(args, out: Path) -> tuple[dict, list[Path]]:
     """One workdir: its metrics, files, figures, embedding map and explanations."""
     # pylint: disable-next=import-outside-toplevel
-    from fmnist_jax import evaluation, explain, locking, similar
+    from fmnist_jax import calibration, evaluation, explain, locking, similar
     restored = evaluation.for_setting(evaluation.load_workdir(
         args.workdir[0], args.checkpoint, args.data_dir, args.tta), args.setting)
     result = evaluation.evaluate(restored, args.split)
@@ -37,6 +39,9 @@ def evaluate_one(args, out: Path) -> tuple[dict, list[Path]]:
     with locking.exclusive(out):  # one evaluation at a time writes `out`
         title = f"Penultimate-layer embedding, {restored.meta['model']}, {args.split} split (PCA)"
         figures = [similar.embedding_map(restored, result.images, result.labels, title, out)]
+        if not args.no_calibration:
+            summary["calibration"], figure = calibration.of_evaluation(result, out)
+            figures.append(figure)
         if not args.no_explain:
             summary["explanations"], explained = explain.explain_evaluation(result, out)
             figures += explained
@@ -64,21 +69,31 @@ def main(argv) -> None:
     parser.add_argument("--checkpoint", choices=("best", "latest"), default="best",
                         help="each member's best-by-validation weights, or the latest ones "
                              "(the moving average of the weights when the run kept one)")
-    parser.add_argument("--output-dir", help="where to write (default WORKDIR/eval-SPLIT; "
-                                             "required with several workdirs)")
+    parser.add_argument("--output-dir", type=cli.output_dir,
+                        help="where to write (default WORKDIR/eval-SPLIT; required with several "
+                             "workdirs)")
     parser.add_argument("--ensemble-weights", choices=("equal", "val"), default="equal",
                         help="with several workdirs: equal weights, or weights fitted on the "
                              "validation split (which the workdirs must share)")
     parser.add_argument("--no-explain", action="store_true",
                         help="skip the explanations (Grad-CAM, integrated gradients and their "
                              "sanity checks on a few hundred images)")
-    parser.add_argument("--setting", type=int, metavar="K",
+    parser.add_argument("--no-calibration", action="store_true",
+                        help="skip the calibration (temperature scaling fitted on the validation "
+                             "split, ECE and log loss before and after, reliability diagram, "
+                             "accuracy-coverage curve)")
+    parser.add_argument("--setting", type=cli.whole_number(0), metavar="K",
                         help="of a sweep: evaluate the members of setting K (see its sweep.md); "
                              "default the best setting, chosen on the validation split")
     cli.add_data_flag(parser)
     cli.add_tta_flag(parser, "as the run or release recorded, config.tta")
     parser.add_argument("--debug", action="store_true", help="show tracebacks of input errors")
     args = parser.parse_args(argv)
+    if len(args.workdir) > 1 and args.setting is not None:
+        parser.error("--setting picks a setting of one sweep's --workdir; an ensemble of several "
+                     "takes each one's best setting")
+    if len(args.workdir) == 1 and args.ensemble_weights != "equal":
+        parser.error("--ensemble-weights weighs several --workdir; give two or more")
     start = time.perf_counter()
     # pylint: disable-next=import-outside-toplevel
     from fmnist_jax import evaluation, report

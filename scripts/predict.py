@@ -6,7 +6,9 @@
 
 Each picture is made into a 28x28 grayscale image the way Fashion-MNIST was made (trimmed, resized,
 centred; a dark garment on a light background is negated). A file that cannot be read gets an error
-line and the others are still classified; the exit status is then 2 (bad input).
+line and the others are still classified; the exit status is then 2 (bad input). A release with an
+out-of-distribution detector (ood.json, fmnist_jax/ood.py) also says of each picture whether it
+looks like Fashion-MNIST at all (`in_distribution`, `ood_score`; null without one).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from fmnist_jax import cli  # noqa: E402  pylint: disable=wrong-import-position
+from fmnist_jax import cli, images  # noqa: E402  pylint: disable=wrong-import-position
 from fmnist_jax.errors import UserError  # noqa: E402  pylint: disable=wrong-import-position
 
 
@@ -25,7 +27,9 @@ def format_result(result: dict) -> str:
     if "error" in result:
         return f"error: {result['error']}"
     top = ", ".join(f"{t['class']} {t['probability']:.1%}" for t in result["top"])
-    return f"{result['file']}: {top}"
+    warning = (f" (does not look like Fashion-MNIST: ood score {result['ood_score']:.2f})"
+               if result["in_distribution"] is False else "")
+    return f"{result['file']}: {top}{warning}"
 
 
 def main(argv) -> None:
@@ -36,20 +40,21 @@ def main(argv) -> None:
                         help="each member's best-by-validation weights, or the latest ones "
                              "(the moving average of the weights when the run kept one)")
     cli.add_tta_flag(parser, "as the run or release recorded, config.tta")
-    parser.add_argument("--top", type=int, default=3, help="classes to show per file (default 3)")
+    parser.add_argument("--top", type=cli.whole_number(1, images.MAX_TOP), default=3,
+                        help=f"classes to show per file, 1 to {images.MAX_TOP} (default 3)")
     parser.add_argument("--json", action="store_true", help="print one JSON list of the results")
-    parser.add_argument("--explain", metavar="DIR",
+    parser.add_argument("--explain", metavar="DIR", type=cli.output_dir,
                         help="also write heat maps (Grad-CAM for convolutional models, integrated "
                              "gradients for all) of the predicted and runner-up classes to DIR")
     parser.add_argument("--debug", action="store_true", help="show tracebacks of input errors")
     args = parser.parse_args(argv)
-    # pylint: disable-next=import-outside-toplevel
-    from fmnist_jax import evaluation, explain, images
+    from fmnist_jax import evaluation, explain, ood  # pylint: disable=import-outside-toplevel
     restored = evaluation.for_setting(
         evaluation.load_workdir(args.workdir, args.checkpoint, tta=args.tta))
-    results = images.classify(restored, args.images, args.top)
+    results = images.classify(restored, args.images, args.top,
+                               ood.load(args.workdir) if args.checkpoint == "best" else None)
     if args.explain:
-        for figure in explain.explain_files(restored, args.images, Path(args.explain)):
+        for figure in explain.explain_files(restored, args.images, args.explain):
             print(f"wrote {figure}", file=sys.stderr)
     if args.json:
         print(json.dumps(results, indent=2))

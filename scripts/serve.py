@@ -5,7 +5,9 @@
   python scripts/serve.py --workdir=DIR/model.jaxexport --port=8080 --max-batch=1   # no batching
 
 --workdir takes a release, a training workdir or a portable model file (scripts/export.py).
-Stop it with Ctrl-C or SIGTERM: requests in flight are answered first.
+Stop it with Ctrl-C or SIGTERM: requests in flight are answered first (for --shutdown-seconds at
+most). The --max-*, --*-seconds and --decode-pixels flags bound what clients can make it hold
+(docs/reliability.md); the defaults keep the cnn under 1 GiB.
 """
 
 from __future__ import annotations
@@ -16,6 +18,22 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from fmnist_jax import cli  # noqa: E402  pylint: disable=wrong-import-position
+from fmnist_jax.serving_limits import Limits  # noqa: E402  pylint: disable=wrong-import-position
+
+LIMIT_FLAGS = {  # Limits field: (type, help); the defaults are Limits'
+    "request_bytes": (int, "largest request body, counted as received (default %(default)s)"),
+    "inflight_bytes": (int, "request bodies held at once by all clients (default %(default)s; "
+                            "503 past it)"),
+    "body_seconds": (float, "most seconds a request body may take to arrive (default "
+                            "%(default)s; 408)"),
+    "image_pixels": (int, "largest image in pixels, read from its header (default %(default)s)"),
+    "decode_pixels": (int, "pixels decoded at once by all requests (default %(default)s)"),
+    "decode_wait_seconds": (float, "most seconds an image waits to be decoded (default "
+                                   "%(default)s; 503)"),
+    "connections": (int, "most open connections and requests (default %(default)s; 503 past it)"),
+    "shutdown_seconds": (float, "most seconds SIGTERM waits for requests in flight (default "
+                                "%(default)s)"),
+}
 
 
 def main(argv) -> None:
@@ -27,14 +45,27 @@ def main(argv) -> None:
     parser.add_argument("--port", type=int, default=8000, help="port (default 8000)")
     parser.add_argument("--max-batch", type=int, default=128,
                         help="most images per model call (default 128; 1 turns batching off)")
-    parser.add_argument("--batch-window-ms", type=float, default=5.0,
-                        help="how long a batch waits for more requests (default 5 ms)")
+    parser.add_argument("--batch-window-ms", type=float, default=0.0,
+                        help="how long a batch waits for more requests after its first (default "
+                             "0: a request that finds the model idle runs at once, those that "
+                             "arrive meanwhile form the next batch)")
+    for field, (kind, help_text) in LIMIT_FLAGS.items():
+        parser.add_argument(f"--{field.replace('_', '-')}", type=kind,
+                            default=getattr(Limits, field), help=help_text)
     parser.add_argument("--debug", action="store_true", help="show tracebacks of input errors")
     args = parser.parse_args(argv)
     if args.batch_window_ms < 0:
         parser.error(f"--batch-window-ms must be 0 or more, got {args.batch_window_ms}")
+    try:
+        limits = Limits(**{field: getattr(args, field) for field in LIMIT_FLAGS})
+    except ValueError as e:
+        message = str(e)
+        for field in LIMIT_FLAGS:
+            message = message.replace(field, f"--{field.replace('_', '-')}")
+        parser.error(message)
     from fmnist_jax import serving  # pylint: disable=import-outside-toplevel
-    serving.serve(args.workdir, args.host, args.port, args.max_batch, args.batch_window_ms / 1000)
+    serving.serve(args.workdir, args.host, args.port, args.max_batch, args.batch_window_ms / 1000,
+                  limits)
 
 
 if __name__ == "__main__":

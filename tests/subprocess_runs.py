@@ -8,6 +8,7 @@ import io
 import json
 import os
 import runpy
+import socket
 import subprocess
 import sys
 import time
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import chex
+import httpx
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
@@ -132,3 +134,29 @@ def script_env(**extra: str) -> dict[str, str]:
     return {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONUNBUFFERED": "1",
             "JAX_COMPILATION_CACHE_DIR": str(COMPILATION_CACHE),
             "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0", **extra}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(log: Path, *args: str, timeout: float = 240) -> tuple[subprocess.Popen, str]:
+    """scripts/serve.py ARGS on a free loopback port, its output in `log`; returns the process and
+    its base URL once /healthz answers."""
+    port = free_port()
+    with log.open("w") as out:
+        process = subprocess.Popen(command("serve", *args, f"--port={port}"), stdout=out,
+                                   stderr=subprocess.STDOUT, cwd=ROOT, env=script_env())
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + timeout
+    while True:
+        assert process.poll() is None, f"the server exited: {log.read_text()}"
+        try:
+            if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
+                return process, url
+        except httpx.TransportError:
+            pass
+        assert time.monotonic() < deadline, f"the server did not start: {log.read_text()}"
+        time.sleep(0.5)

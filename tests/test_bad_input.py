@@ -387,3 +387,58 @@ def test_predict_names_each_unreadable_file_and_still_classifies_the_others(plac
     assert len(errors) == len(bad) and "Traceback" not in result.stderr, result.stderr
     assert all(line.startswith(f"error: {path}: ") for line, path in zip(errors, bad)), errors
     assert errors[0] == f"error: {bad[0]}: no such file"
+
+
+def _damaged_portable(places: Places, damage: str) -> Path:
+    """A copy of the mlp release's portable model, damaged."""
+    folder = places.tmp / "portable"
+    folder.mkdir()
+    for name in ("model.jaxexport", "model.json"):
+        shutil.copy(runs.ROOT / "checkpoints" / "pretrained" / "mlp" / name, folder / name)
+    if damage == "truncated-export":
+        _rewrite(folder / "model.jaxexport", lambda raw: raw[:len(raw) // 2])
+    elif damage == "garbled-metadata":
+        _rewrite(folder / "model.json", lambda raw: raw[:len(raw) // 2])
+    else:
+        _rewrite(folder / "model.json", lambda raw: raw.replace(b'"model"', b'"name"', 1))
+    return folder
+
+
+@pytest.mark.parametrize("damage, says", [
+    ("truncated-export", "cannot be loaded ("),
+    ("garbled-metadata", "model.json is not valid JSON"),
+    ("metadata-without-model", "model.json breaks its schema: 'model' is missing")])
+def test_serve_on_a_damaged_portable_model_fails_at_start_with_one_line(damage, says, places):
+    folder = _damaged_portable(places, damage)
+    result = runs.run("serve", f"--workdir={folder}", "--port=0", timeout=120)
+    assert_one_clear_line(result, (f"{folder}", says, "scripts/export.py"))
+    assert "serving" not in result.stdout
+
+
+def test_similar_refuses_more_neighbours_than_training_images(places, trained):
+    result = runs.run("similar", f"--workdir={places.trained}", "-k", "100000", "--precision-at-k")
+    assert_one_clear_line(result, (f"-k=100000 asks for more neighbours than the {NUM_TRAIN} "
+                                   f"training images", f"give -k from 1 to {NUM_TRAIN}"))
+    assert _snapshot(places.trained) == trained[1]
+
+
+def test_similar_rebuilds_a_truncated_embeddings_cache_saying_so(places):
+    workdir = places.copy_of_trained()
+    args = (f"--workdir={workdir}", "-k", "3", "--precision-at-k")
+    assert runs.run("similar", *args).returncode == 0
+    cache = workdir / "eval-embeddings" / "train.npy"
+    whole = cache.read_bytes()
+    cache.write_bytes(whole[:len(whole) // 2])
+    result = runs.run("similar", *args)
+    assert result.returncode == 0, result.stderr
+    assert f"the cached embeddings in {cache.parent} cannot be read (" in result.stderr
+    assert "computing them again" in result.stderr and "Traceback" not in result.stderr
+    assert cache.read_bytes() == whole
+
+
+def test_a_run_refused_before_training_leaves_no_workdir(places):
+    workdir = places.tmp / "new" / "run"
+    assert_one_clear_line(runs.run_main("train", "--model=mlp", f"--data-dir={places.data}",
+                                        "--batch-size=1000", f"--workdir={workdir}"),
+                          ("batch size 1000 exceeds the",))
+    assert not workdir.exists()

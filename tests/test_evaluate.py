@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fmnist_jax import data, evaluation, images
+from fmnist_jax import calibration, comparison, data, evaluation, images, metrics
 from fmnist_jax.config import CONFIG_DIR
 from fmnist_jax.errors import CheckpointError, UserError
 from subprocess_runs import ROOT, one_line_error, run
@@ -136,6 +136,16 @@ def test_evaluate_writes_every_file_consistent_with_predictions(evaluated):
     explained = summary["explanations"]
     assert "## Explanations" in report and "grad_cam" not in explained
     assert 0 <= explained["integrated_gradients"]["deletion_auc"] <= 1
+    _, labels, _, probs, _ = read_predictions(out / "predictions.csv")
+    calibrated = summary["calibration"]
+    assert calibrated["fitted_on"] == "val" and calibrated["model_temperature"] == 1.0
+    assert calibrated["before"]["ece"] == pytest.approx(summary["ece"])
+    scaled = calibration.scale(probs, calibrated["temperature"])
+    assert calibrated["after"]["ece"] == pytest.approx(
+        metrics.expected_calibration_error(scaled, labels), abs=1e-5)
+    assert calibrated["after"]["loss"] == pytest.approx(metrics.mean_log_loss(scaled, labels),
+                                                        abs=1e-5)
+    assert "## Calibration" in report and "](calibration.png)" in report
 
 
 @pytest.mark.e2e
@@ -166,7 +176,7 @@ def test_evaluate_multi_seed_reports_members_and_their_ensemble(evaluated, workd
 def test_compare_puts_models_side_by_side_with_mean_and_std(evaluated, workdirs, tmp_path):
     output = tmp_path / "compare.md"
     with pytest.raises(UserError, match=r"no evaluation of the val split \(.*\); run scripts/eval"):
-        evaluation.find_metrics(workdirs["single"], "val")
+        comparison.find_metrics(workdirs["single"], "val")
     _ok(run("evaluate", f"--workdir={workdirs['single']}", "--split=val"))
     result = _ok(run("compare", str(workdirs["single"]), str(evaluated["pair"][0]),
                      "--split=val", f"--output={output}"))
@@ -179,14 +189,19 @@ def test_compare_puts_models_side_by_side_with_mean_and_std(evaluated, workdirs,
     assert f"{single['accuracy']:.2%}" in table
     assert f"{stats['mean']:.2%} ± {stats['std']:.2%}" in table
     assert f"{pair['accuracy']:.2%}" in table  # the ensemble's column
-    comparison = json.loads(output.with_suffix(".json").read_text())
-    assert [m["label"] for m in comparison["models"]] == ["mlp", "mlp ×2"]
-    mean_f1 = {n: np.mean([m["per_class_f1"][n]["mean"] for m in comparison["models"]])
+    compared = json.loads(output.with_suffix(".json").read_text())
+    assert [m["label"] for m in compared["models"]] == ["mlp", "mlp ×2"]
+    mean_f1 = {n: np.mean([m["per_class_f1"][n]["mean"] for m in compared["models"]])
                for n in single["class_names"]}
     hardest = sorted(mean_f1, key=mean_f1.get)[:3]
-    assert [h["class"] for h in comparison["hardest_classes"]] == hardest
+    assert [h["class"] for h in compared["hardest_classes"]] == hardest
     assert f"Hardest classes: {hardest[0]} " in table
     assert (tmp_path / "compare_f1.png").stat().st_size > 0
+    assert (tmp_path / "compare_differences.png").stat().st_size > 0
+    difference = compared["models"][1]["difference"]
+    assert difference["against"] == "mlp" and compared["models"][0]["difference"] is None
+    assert difference["difference"] == pytest.approx(pair["accuracy"] - single["accuracy"])
+    assert "## Differences" in table and f"{100 * difference['difference']:+.2f}" in table
 
 
 def test_compare_takes_an_evaluation_folder_anywhere_or_an_evaluated_workdir(tmp_path):
@@ -194,10 +209,10 @@ def test_compare_takes_an_evaluation_folder_anywhere_or_an_evaluated_workdir(tmp
     for path in (folder, workdir / "eval-val"):
         path.mkdir(parents=True)
         (path / "metrics.json").write_text("{}")
-    assert evaluation.find_metrics(folder, "test") == folder / "metrics.json"
-    assert evaluation.find_metrics(workdir, "val") == workdir / "eval-val" / "metrics.json"
+    assert comparison.find_metrics(folder, "test") == folder / "metrics.json"
+    assert comparison.find_metrics(workdir, "val") == workdir / "eval-val" / "metrics.json"
     with pytest.raises(UserError, match="or give the folder of its --output-dir"):
-        evaluation.find_metrics(workdir, "test")
+        comparison.find_metrics(workdir, "test")
 
 
 @pytest.mark.e2e

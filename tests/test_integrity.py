@@ -16,10 +16,9 @@ import numpy as np
 import pytest
 
 import subprocess_runs as runs
-from fmnist_jax import evaluation, integrity, metrics, portable, serving
+from fmnist_jax import comparison, integrity, metrics, portable, serving
 from fmnist_jax.config import CONFIG_DIR
 from fmnist_jax.errors import DamagedModel
-from test_serving import free_port
 
 PRETRAINED = CONFIG_DIR.parent / "checkpoints" / "pretrained"
 IMAGE = str(CONFIG_DIR.parent / "docs" / "images" / "compare_f1.png")
@@ -125,10 +124,10 @@ def test_an_evaluation_compared_after_a_change_is_refused(tmp_path):
     folder.mkdir()
     (folder / "metrics.json").write_text(json.dumps({"accuracy": 0.9}))
     integrity.record(folder)
-    assert evaluation.find_metrics(folder) == folder / "metrics.json"
+    assert comparison.find_metrics(folder) == folder / "metrics.json"
     (folder / "metrics.json").write_text(json.dumps({"accuracy": 0.99}))
     with pytest.raises(integrity.IntegrityError, match="evaluate again"):
-        evaluation.find_metrics(folder)
+        comparison.find_metrics(folder)
 
 
 def test_non_finite_probabilities_are_an_error_naming_how_many():
@@ -141,7 +140,7 @@ def test_non_finite_probabilities_are_an_error_naming_how_many():
 
 def serve(release: Path) -> subprocess.CompletedProcess:
     """serve.py as a process: one that starts serving (the failure) is stopped by the timeout."""
-    return runs.run("serve", f"--workdir={release}", f"--port={free_port()}", timeout=120)
+    return runs.run("serve", f"--workdir={release}", f"--port={runs.free_port()}", timeout=120)
 
 
 def test_the_server_refuses_to_start_on_a_model_that_gives_nan(release):

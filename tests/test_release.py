@@ -7,6 +7,7 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import subprocess_runs as runs
@@ -102,3 +103,26 @@ def test_a_release_set_aside_by_a_killed_replacement_is_put_back(mlp_release):
     assert result.returncode == 2, result.stderr
     assert result.stderr.strip().splitlines()[-1].startswith(f"error: --out {mlp_release} exists")
     assert not aside.exists() and snapshot(mlp_release) == before
+
+
+def test_a_calibrated_release_divides_its_logits_by_the_temperature_fitted_on_val(
+        trained, tmp_path, real_data_dir):
+    # pylint: disable-next=import-outside-toplevel
+    from fmnist_jax import calibration, data, evaluation, portable
+    out = tmp_path / "calibrated"
+    result = export(trained, out, "--calibrated")
+    assert result.returncode == 0, result.stderr[-3000:]
+    record = json.loads((out / "release.json").read_text())
+    metadata = json.loads((out / "model.json").read_text())
+    temperature = record["temperature"]
+    assert record["calibrated"] and metadata["calibrated"] and temperature != 1.0
+    assert metadata["temperature"] == temperature and f"{temperature:.4f}" in result.stdout
+    run = evaluation.load_workdir(trained)
+    val = evaluation.evaluate(run, "val")
+    assert temperature == pytest.approx(
+        calibration.fit_temperature(val.member_probabilities, val.labels), rel=1e-3)
+    images = data.load(real_data_dir).test.images[:64]
+    expected = calibration.scale(run.probabilities(images), temperature)
+    np.testing.assert_allclose(portable.load(out)(images), expected, atol=1e-5)
+    np.testing.assert_allclose(evaluation.load_workdir(out).probabilities(images)[0], expected,
+                               atol=1e-5)

@@ -7,15 +7,12 @@ from __future__ import annotations
 
 import base64
 import io
+import os
 import re
 import shutil
 import signal
-import socket
 import struct
-import subprocess
-import sys
 import threading
-import time
 import zlib
 from pathlib import Path
 
@@ -28,7 +25,9 @@ from selenium import webdriver
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
-from fmnist_jax import data, portable, serving
+import subprocess_runs as runs
+
+from fmnist_jax import data, evaluation, ood, portable, serving
 from fmnist_jax.config import CONFIG_DIR
 from fmnist_jax.errors import UserError
 
@@ -38,33 +37,21 @@ MAX_BATCH = 32  # compiles batch sizes 1, 8 and 32
 CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+@pytest.fixture(scope="module")
+def release_with_detector(tmp_path_factory) -> Path:
+    """A copy of the cnn release with its out-of-distribution detector written by `ood.write`."""
+    copy = tmp_path_factory.mktemp("release") / "cnn"
+    shutil.copytree(RELEASE, copy)
+    assert ood.write(evaluation.for_setting(evaluation.load_workdir(copy)), copy)
+    return copy
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
+def server(tmp_path_factory, release_with_detector):
     """The server's base URL; one process for the whole module."""
-    port = free_port()
     log = tmp_path_factory.mktemp("serve") / "serve.log"
-    with log.open("w") as out:
-        process = subprocess.Popen(
-            [sys.executable, str(ROOT / "scripts" / "serve.py"), f"--workdir={RELEASE}",
-             f"--port={port}", f"--max-batch={MAX_BATCH}"], stdout=out, stderr=subprocess.STDOUT,
-            cwd=ROOT)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 240
-    while True:
-        assert process.poll() is None, f"the server exited: {log.read_text()}"
-        try:
-            if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
-                break
-        except httpx.TransportError:
-            pass
-        assert time.monotonic() < deadline, f"the server did not start: {log.read_text()}"
-        time.sleep(0.5)
+    process, url = runs.start_server(log, f"--workdir={release_with_detector}",
+                                     f"--max-batch={MAX_BATCH}")
     yield {"url": url, "process": process, "log": log}
     if process.poll() is None:
         process.kill()
@@ -109,6 +96,8 @@ def test_it_describes_itself(server):
     assert info["test_accuracy"] == pytest.approx(0.9305)
     assert info["batch_sizes"] == [1, 8, 32] and info["device"]
     assert info["version"]["commit"]
+    assert info["ood"]["method"] == ood.METHOD and info["ood"]["validation_accepted"] >= 0.95
+    assert info["explain"] == "grad_cam"
     page = httpx.get(f"{url}/")
     assert page.status_code == 200 and 'type="file"' in page.text
     examples = httpx.get(f"{url}/v1/examples").json()
@@ -122,6 +111,7 @@ def test_one_image_uploaded_as_a_file(server, test_split, expected):
     assert response.status_code == 200, response.text
     result = response.json()["results"][0]
     assert result["file"] == "boot.png" and result["top"][0]["class"] == "Ankle boot"
+    assert result["in_distribution"] is True and isinstance(result["ood_score"], float)
     assert len(result["top"]) == 3
     assert_matches([result], expected[:1], data.CLASS_NAMES)
 
@@ -139,6 +129,37 @@ def test_many_images_as_files_and_as_base64_json(server, test_split, expected):
     response = httpx.post(f"{server['url']}/v1/classify", json={"images": encoded})
     assert response.status_code == 200, response.text
     assert_matches(response.json()["results"], expected[20:40], data.CLASS_NAMES)
+
+
+def test_a_blank_or_tiny_image_is_flagged_out_of_distribution(server):
+    blanks = [np.zeros((28, 28, 1), np.uint8), np.full((1, 1, 1), 255, np.uint8)]
+    response = httpx.post(f"{server['url']}/v1/classify", files=[
+        ("image", (f"{i}.png", png(b), "image/png")) for i, b in enumerate(blanks)])
+    assert response.status_code == 200, response.text
+    assert [r["in_distribution"] for r in response.json()["results"]] == [False, False]
+
+
+def test_explain_answers_a_heat_map_png_or_json(server, test_split):
+    url, boot = server["url"], png(test_split.images[0])
+    response = httpx.post(f"{url}/v1/explain", files={"image": ("boot.png", boot)}, timeout=60)
+    assert response.status_code == 200 and response.headers["content-type"] == "image/png"
+    picture = np.asarray(Image.open(io.BytesIO(response.content)))
+    chex.assert_shape(picture, (224, 224, 3))
+    assert picture.std() > 0
+    response = httpx.post(f"{url}/v1/explain?format=json", timeout=60,
+                          files=[("image", (f"{i}.png", png(x))) for i, x in
+                                 enumerate(test_split.images[:2])])
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["method"] == "grad_cam" and body["results"][0]["class"] == "Ankle boot"
+    maps = np.asarray([r["map"] for r in body["results"]])
+    chex.assert_shape(maps, (2, 28, 28))
+    chex.assert_tree_all_finite(maps)
+    assert maps.max() > 0 and body["results"][0]["in_distribution"] is True
+    two = httpx.post(f"{url}/v1/explain", files=[("image", ("a.png", boot))] * 2)
+    assert two.status_code == 400 and "format=json" in two.json()["error"]
+    bad = httpx.post(f"{url}/v1/explain?format=gif", files={"image": ("a.png", boot)})
+    assert bad.status_code == 400 and "png or json" in bad.json()["error"]
 
 
 def png_header(width: int, height: int) -> bytes:
@@ -221,34 +242,68 @@ def test_concurrent_clients_are_batched_and_all_answered(server, test_split, exp
 def test_metrics_count_requests_and_nothing_compiled_after_warm_up(server):
     url = server["url"]
     assert metric(url, "fmnist_compilations_total") == 3  # the batch sizes 1, 8 and 32, at start
+    # (and after the concurrent, blank and explain requests above: nothing compiled since)
     text = httpx.get(f"{url}/metrics").text
     assert re.search(r'fmnist_requests_total\{path="/v1/classify",status="413"\} [1-9]', text)
     assert metric(url, "fmnist_request_latency_seconds_count") > 0
     assert metric(url, "fmnist_images_total") == metric(url, "fmnist_batch_images_sum")
 
 
+def visible(browser, element_id: str) -> bool:
+    return browser.find_element(By.ID, element_id).is_displayed()
+
+
+def width(browser, selector: str) -> float:
+    return browser.execute_script(
+        "return document.querySelector(arguments[0]).getBoundingClientRect().width", selector)
+
+
 @pytest.mark.e2e
 def test_the_web_page_in_a_headless_browser(server, test_split, tmp_path):
+    """What a person sees: nothing broken at load, bars drawn, a heat map, the out-of-distribution
+    warning on a blank picture, the old answer cleared on an error, no sideways scroll on a phone.
+    With SCREENSHOT_DIR set, the page after a trouser is saved there as serving-page.png."""
     assert CHROMEDRIVER.exists() and CHROMIUM.exists(), (
         "the browser test needs Debian's chromium: apt-get install -y chromium chromium-driver")
-    picture = tmp_path / "trouser.png"
-    picture.write_bytes(png(test_split.images[2]))  # test image 2: a trouser
+    trouser, blank, broken = tmp_path / "trouser.png", tmp_path / "blank.png", tmp_path / "x.png"
+    trouser.write_bytes(png(test_split.images[2]))  # test image 2: a trouser
+    blank.write_bytes(png(np.zeros((28, 28, 1), np.uint8)))
+    broken.write_bytes(b"not an image")
     options = webdriver.ChromeOptions()
     options.binary_location = str(CHROMIUM)
-    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu"):
+    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
+                 "--window-size=900,900"):
         options.add_argument(flag)
     browser = webdriver.Chrome(service=webdriver.ChromeService(str(CHROMEDRIVER)),
                                options=options)
     try:
         browser.get(server["url"] + "/")
         wait = WebDriverWait(browser, 60)
-        browser.find_element(By.ID, "file").send_keys(str(picture))
+        wait.until(lambda b: "93.05% test accuracy" in b.find_element(By.ID, "model").text)
+        assert not visible(browser, "result") and not visible(browser, "preview")
+        browser.find_element(By.ID, "file").send_keys(str(trouser))
         wait.until(lambda b: b.find_element(By.ID, "prediction").text == "Trouser")
         assert len(browser.find_elements(By.CSS_SELECTOR, "#bars .bar")) == 5
+        assert width(browser, "#bars .track") > 100 and width(browser, "#bars .fill") > 100
+        assert not visible(browser, "ood")
+        wait.until(lambda b: b.execute_script(
+            "const h = document.getElementById('heatmap'); return h.complete && h.naturalWidth")
+                   and visible(b, "heatmap"))
+        if os.environ.get("SCREENSHOT_DIR"):
+            browser.save_screenshot(str(Path(os.environ["SCREENSHOT_DIR"]) / "serving-page.png"))
+        browser.find_element(By.ID, "file").send_keys(str(blank))
+        wait.until(lambda b: visible(b, "ood") and visible(b, "result"))
+        browser.find_element(By.ID, "file").send_keys(str(broken))
+        wait.until(lambda b: "not an image" in b.find_element(By.ID, "error").text)
+        assert not visible(browser, "result")
         boot = wait.until(lambda b: b.find_element(By.CSS_SELECTOR, 'img[title$="Ankle boot"]'))
         boot.click()
         wait.until(lambda b: b.find_element(By.ID, "prediction").text == "Ankle boot")
-        assert "93.05% test accuracy" in browser.find_element(By.ID, "model").text
+        assert browser.find_element(By.ID, "error").text == ""
+        browser.set_window_size(375, 800)  # a phone
+        assert browser.execute_script(
+            "return document.documentElement.scrollWidth <= window.innerWidth")
+        assert width(browser, "#bars .track") > 50
     finally:
         browser.quit()
 

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 from tensorboard.backend.event_processing import event_accumulator
 
-from fmnist_jax import run, tensorboard
+from fmnist_jax import config as config_lib
+from fmnist_jax import run, sweep, tensorboard
 from subprocess_runs import run as run_script
 
 SEEDS = (3, 4)
@@ -70,6 +71,37 @@ def test_a_resumed_run_rewrites_the_events_from_the_kept_history(tmp_path):
     assert [step for step, _ in events[f"member_{SEEDS[1]}/val_loss"]] == [1, 2, 3]
 
 
+def sweep_record(epoch: int) -> tuple[dict, list[int]]:
+    """A sweep's metrics.jsonl line (2 learning rates x seeds 3, 4), and each member's setting."""
+    config = config_lib.model_config("mlp")
+    config.seed, config.num_seeds = SEEDS[0], len(SEEDS)
+    sweep.apply(config, ["optimizer.learning_rate=1e-3,2e-3"])
+    line = record(epoch, 0.1 * epoch, 4)
+    columns = {name: np.asarray(line[f"{name}_members"])
+               for name in ("train_loss", "val_accuracy", "learning_rate")}
+    line["settings"] = sweep.epoch_groups(config, columns)
+    assert sweep.member_seeds(config) == [3, 4, 3, 4]
+    return line, sweep.member_settings(config)
+
+
+def test_a_sweeps_members_of_one_seed_keep_apart_per_setting(tmp_path):
+    records = [sweep_record(epoch) for epoch in (1, 2)]
+    settings = records[0][1]
+    with tensorboard.EpochWriter(tmp_path, [3, 4, 3, 4], history=[], settings=settings) as board:
+        for line, _ in records:
+            board.write(line)
+    events = read_events(tmp_path)
+    for member, (k, seed) in enumerate(zip(settings, [3, 4, 3, 4])):
+        assert events[f"setting_{k}/seed_{seed}/val_accuracy"] == [
+            (line["epoch"], pytest.approx(line["val_accuracy_members"][member]))
+            for line, _ in records]
+    for k in (0, 1):
+        assert events[f"setting_{k}/train_loss"] == [
+            (line["epoch"], pytest.approx(line["settings"][k]["train_loss"]))
+            for line, _ in records]
+    assert not any(tag.startswith("member_") for tag in events)
+
+
 def test_without_tensorboardx_a_run_writes_none_and_says_so_once(tmp_path, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "tensorboardX", None)  # import fails as if not installed
     with tensorboard.EpochWriter(tmp_path, SEEDS, history=[]) as board:
@@ -95,3 +127,19 @@ def test_train_writes_events_matching_metrics_jsonl_across_a_resume(tmp_path, sy
         for k, seed in enumerate(SEEDS):
             assert [v for _, v in events[f"member_{seed}/{name}"]] == pytest.approx(
                 [r[f"{name}_members"][k] for r in history])
+
+
+@pytest.mark.e2e
+def test_a_sweeps_events_hold_every_setting_and_seed(tmp_path, synthetic_data_dir):
+    workdir = tmp_path / "sweep"
+    result = run_script("train", "--model=mlp", "--config.model.hidden=(32,)", "--batch-size=60",
+                        "--seeds=2", "--seed=3", "--epochs=1", f"--data-dir={synthetic_data_dir}",
+                        "--sweep=optimizer.learning_rate=1e-3,3e-3", f"--workdir={workdir}",
+                        "--quiet")
+    assert result.returncode == 0, result.stderr
+    (line,) = run.read_history(workdir)
+    events = read_events(workdir)
+    for member, (k, seed) in enumerate([(0, 3), (0, 4), (1, 3), (1, 4)]):
+        assert events[f"setting_{k}/seed_{seed}/learning_rate"] == [
+            (1, pytest.approx(line["learning_rate_members"][member]))]
+    assert events["setting_0/seed_3/learning_rate"] != events["setting_1/seed_3/learning_rate"]
