@@ -213,6 +213,7 @@ def load(folder: str | Path) -> Detector | None:
     folder = Path(folder)
     if not folder.is_dir() or not (folder / MODEL_FILE).is_file():
         return None
+    integrity.verify(folder, [MODEL_FILE, PARAMETERS_FILE])  # the files read, as portable.load
     exported = jax.export.deserialize(bytearray((folder / MODEL_FILE).read_bytes()))
     parameters = json.loads((folder / PARAMETERS_FILE).read_text())
     return Detector(lambda images: exported.call(jnp.asarray(images, jnp.uint8)), parameters)
