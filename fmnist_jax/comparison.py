@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from fmnist_jax import evaluation, metrics, plots, report, stats
+from fmnist_jax import evaluation, integrity, metrics, plots, report, stats
 from fmnist_jax.errors import UserError
 
 ALPHA = 0.05
@@ -31,6 +31,7 @@ def find_metrics(path: str | Path, split: str = "test") -> Path:
     for candidate in (path / "metrics.json",
                       evaluation.default_output_dir(path, split) / "metrics.json"):
         if candidate.is_file():
+            integrity.verify(candidate.parent)
             return candidate
     raise UserError(f"{path} holds no evaluation of the {split} split (no metrics.json in it or "
                     f"in its eval-{split}/); run scripts/evaluate.py --workdir={path} "

@@ -23,6 +23,10 @@ class CheckpointError(UserError):
     """A workdir without a usable checkpoint, or one of another model."""
 
 
+class DamagedModel(CheckpointError):
+    """A model whose output holds NaN or infinity: damaged weights."""
+
+
 class TrainingDiverged(Exception):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
 

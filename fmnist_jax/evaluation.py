@@ -22,7 +22,7 @@ import ml_collections
 import numpy as np
 
 from fmnist_jax import config as config_lib
-from fmnist_jax import data, metrics, plots, report, run, sweep
+from fmnist_jax import data, integrity, metrics, plots, report, run, sweep
 from fmnist_jax import train as train_lib
 from fmnist_jax.checkpointing import Checkpoints
 from fmnist_jax.errors import CheckpointError, UserError
@@ -81,7 +81,8 @@ class Restored:
     def probabilities(self, images: np.ndarray) -> np.ndarray:
         """Each member's class probabilities `[S, N, C]` (float64) for uint8 `[N, 28, 28, 1]`."""
         logits = self.predictor()(self.params, self.batch_stats, images)
-        return metrics.softmax(np.asarray(logits, np.float64))
+        return metrics.check_finite(metrics.softmax(np.asarray(logits, np.float64)),
+                                    f"the model of {self.workdir}")
 
 
 def _tuples(value: Any) -> Any:
@@ -148,6 +149,7 @@ def load_workdir(workdir: str | Path, checkpoint: str = "best",
     if not (workdir / "checkpoints").is_dir():
         raise CheckpointError(f"{workdir} holds no checkpoints; train first with "
                               f"scripts/train.py --workdir={workdir}")
+    integrity.verify(workdir)
     with _quiet_absl(), Checkpoints(workdir, read_only=True) as ckpts:
         step, state, meta = ckpts.restore(_template)
     config = config_from_meta(meta)
@@ -229,7 +231,8 @@ def evaluate(restored: Restored, split: str = "test") -> Evaluation:
     start = time.perf_counter()
     logits = jax.block_until_ready(compiled(restored.params, restored.batch_stats, images))
     seconds = time.perf_counter() - start
-    probabilities = metrics.softmax(np.asarray(logits, np.float64))
+    probabilities = metrics.check_finite(metrics.softmax(np.asarray(logits, np.float64)),
+                                         f"the model of {restored.workdir}")
     return Evaluation(restored, split, part.images, part.labels, probabilities, compile_seconds,
                       seconds)
 
@@ -335,4 +338,5 @@ def write_files(out: Path, summary: dict[str, Any], images: np.ndarray, labels: 
     written += figures
     written.append(out / "report.md")
     written[-1].write_text(report.evaluation_report(summary, [f.name for f in figures]))
+    integrity.record(out)
     return written

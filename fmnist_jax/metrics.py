@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import scipy.stats
+
+from fmnist_jax.errors import DamagedModel
 
 
 def means(sums: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -31,6 +34,18 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     z = logits - logits.max(-1, keepdims=True)
     e = np.exp(z)
     return e / e.sum(-1, keepdims=True)
+
+
+def check_finite(probabilities: np.ndarray, source: str | Path) -> np.ndarray:
+    """`probabilities` `[..., N, C]`, or DamagedModel (one line) if any holds NaN or infinity:
+    never a result made of them."""
+    bad = ~np.isfinite(probabilities).all(-1)
+    if bad.any():
+        raise DamagedModel(f"{source} gives non-finite probabilities (NaN or "
+                           f"infinity) for {bad.any(0).sum() if bad.ndim > 1 else bad.sum()} of "
+                           f"{bad.shape[-1]} images: its weights are damaged; restore it, export "
+                           f"it again or train it again")
+    return probabilities
 
 
 def ensemble_probabilities(member_logits: np.ndarray) -> np.ndarray:

@@ -35,7 +35,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fmnist_jax import portable
+from fmnist_jax import integrity, portable
 
 if TYPE_CHECKING:
     from fmnist_jax.evaluation import Restored
@@ -202,9 +202,9 @@ def write(restored: Restored, folder: str | Path) -> list[Path]:
     exported = jax.export.export(function, platforms=portable.PLATFORMS)(spec)
     paths = [folder / MODEL_FILE, folder / PARAMETERS_FILE]
     # pylint: disable-next=protected-access
-    portable._write_atomically(paths[0], bytes(exported.serialize()))
+    integrity.write_atomically(paths[0], bytes(exported.serialize()))
     # pylint: disable-next=protected-access
-    portable._write_atomically(paths[1], (json.dumps(parameters, indent=2) + "\n").encode())
+    integrity.write_atomically(paths[1], (json.dumps(parameters, indent=2) + "\n").encode())
     return paths
 
 
@@ -213,6 +213,7 @@ def load(folder: str | Path) -> Detector | None:
     folder = Path(folder)
     if not folder.is_dir() or not (folder / MODEL_FILE).is_file():
         return None
+    integrity.verify(folder, [MODEL_FILE, PARAMETERS_FILE])  # the files read, as portable.load
     exported = jax.export.deserialize(bytearray((folder / MODEL_FILE).read_bytes()))
     parameters = json.loads((folder / PARAMETERS_FILE).read_text())
     return Detector(lambda images: exported.call(jnp.asarray(images, jnp.uint8)), parameters)

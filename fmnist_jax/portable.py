@@ -7,8 +7,9 @@ its mirror when the run or release records flip test-time augmentation (`config.
 divided by the temperature of a calibrated release (`calibration.py`). The
 weights are constants of the function, lowered for CPU and CUDA. `write` saves it as
 `model.jaxexport` with `model.json` (class names, model, test accuracy, commit, seeds, tta,
-temperature) beside it; `load` reads both back with jax, numpy and json alone: no flax, no
-fmnist_jax model code, so this module imports nothing else at its top.
+temperature) beside it; `load` verifies the folder's manifest (`integrity.py`) and model.json's
+schema, then reads both back with jax, numpy and json alone: no flax, no fmnist_jax model code, so
+this module imports nothing else at its top.
 
   from fmnist_jax import portable
   model = portable.load("checkpoints/pretrained/cnn")
@@ -19,8 +20,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -28,6 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from fmnist_jax import integrity
 from fmnist_jax.errors import CheckpointError
 
 if TYPE_CHECKING:
@@ -92,25 +92,14 @@ def metadata(restored: Restored) -> dict[str, Any]:
             "jax_version": jax.__version__}
 
 
-def write_atomically(path: Path, content: bytes) -> None:
-    """`content` in `path`, written beside it and renamed: never half-written."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(content)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write(restored: Restored, folder: str | Path) -> list[Path]:
     """`model.jaxexport` and `model.json` of `restored` in `folder`; the paths written."""
     folder = Path(folder)
     paths = [folder / MODEL_FILE, folder / METADATA_FILE]
     serialized = export(restored).serialize()
-    write_atomically(paths[0], bytes(serialized))
-    write_atomically(paths[1], (json.dumps(metadata(restored), indent=2) + "\n").encode())
+    integrity.write_atomically(paths[0], bytes(serialized))
+    integrity.write_atomically(paths[1],
+                               (json.dumps(metadata(restored), indent=2) + "\n").encode())
     return paths
 
 
@@ -169,7 +158,8 @@ def locate(path: str | Path, model_file: str, kind: str) -> tuple[Path, dict[str
     if not (model_path.is_file() and metadata_path.is_file()):
         raise CheckpointError(f"{path} holds no {kind} ({model_file} with {METADATA_FILE}); "
                               f"write one with scripts/export.py --workdir=DIR --portable-only")
-    return model_path, json.loads(metadata_path.read_text())
+    integrity.verify(model_path.parent, [model_path.name, metadata_path.name])
+    return model_path, integrity.check_schema(metadata_path, METADATA_FILE)
 
 
 def load(path: str | Path) -> Portable:

@@ -6,14 +6,18 @@ state, no resumable position), so that `evaluate.py` and `predict.py` work on it
 came from, at a fraction of the size, with its portable model (`model.jaxexport`, `portable.py`)
 and its ONNX conversion (`model.onnx`, `onnx_export.py`).
 `release.json` records how it was made: the training and export commands, the code commit, seeds,
-device, training time and test metrics.
+device, training time and test metrics. `manifest.json` (`integrity.py`) holds the SHA-256 of every
+other file, computed once the release is complete: whatever `_write` puts in the release is covered.
 """
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
+import errno
 import json
 import logging
+import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -21,15 +25,17 @@ from typing import Any
 import jax
 import numpy as np
 
-from fmnist_jax import calibration, evaluation, metrics, onnx_export, ood, portable, run, sweep
+from fmnist_jax import (calibration, evaluation, integrity, locking, metrics, onnx_export, ood,
+                        portable, run, sweep)
 from fmnist_jax.checkpointing import Checkpoints
 from fmnist_jax.errors import UserError
 
 log = logging.getLogger(__name__)
 # What a release folder holds; a folder with anything else is never replaced.
-RELEASE_FILES = ("checkpoints", "config.json", "metrics.jsonl", "release.json", "summary.json",
-                 portable.MODEL_FILE, portable.METADATA_FILE, ood.MODEL_FILE, ood.PARAMETERS_FILE,
-                 onnx_export.MODEL_FILE)
+RELEASE_FILES = ("checkpoints", "config.json", "metrics.jsonl", integrity.RELEASE_RECORD,
+                 "summary.json", portable.MODEL_FILE, portable.METADATA_FILE, ood.MODEL_FILE,
+                 ood.PARAMETERS_FILE, onnx_export.MODEL_FILE, integrity.MANIFEST)
+RENAME_EXCHANGE = 2  # renameat2 flag: swap two paths atomically (Linux 3.15+)
 
 
 def _member(tree: Any, index: int | None) -> Any:
@@ -41,8 +47,9 @@ def _record(meta: dict[str, Any], summary: dict[str, Any], command: str) -> dict
     env = meta["environment"]
     return {"model": meta["model"], "param_count": meta["param_count"], "seeds": meta["seeds"],
             "train_command": meta["command"], "export_command": command,
-            "commit": env.get("commit"), "device": env.get("device") or f"{env['device_count']} x "
-            f"{env['device_kind']} ({env['platform']})", "versions": env["versions"],
+            "integrity": integrity.MANIFEST, "commit": env.get("commit"),
+            "device": env.get("device") or f"{env['device_count']} x {env['device_kind']} "
+                                           f"({env['platform']})", "versions": env["versions"],
             "train_seconds": summary["train_seconds"], "seconds": summary["seconds"],
             "compile_seconds": summary["compile_seconds"],
             "epochs_completed": summary["epochs_completed"], "best_epoch": meta["best_epoch"],
@@ -143,10 +150,16 @@ def export(workdir: str | Path, out: str | Path, seed: int | None = None,
     that differs from the run, the test split is evaluated again, so that the release records the
     test accuracy its evaluation gives; so it is with `calibrated`, which divides the released
     model's logits by a temperature fitted on the validation split (`calibration.py`; a release
-    re-exported without it keeps the temperature it had). The release is assembled beside `out`
-    and renamed into place, so `out` is never half-written.
+    re-exported without it keeps the temperature it had). The release is assembled beside `out`,
+    flushed to disk and swapped into place, so `out` is never half-written; one export at a time
+    writes `out`.
     """
-    workdir, out = Path(workdir), Path(out)
+    with locking.exclusive(out):
+        return _export(Path(workdir), Path(out), seed, command, overwrite, tta, member, calibrated)
+
+
+def _export(workdir: Path, out: Path, seed: int | None, command: str, overwrite: bool,
+            tta: bool | None, member: int | None, calibrated: bool) -> dict[str, Any]:
     _check_out(out, overwrite)
     if not (workdir / "summary.json").is_file():
         raise UserError(f"{workdir} has no summary.json: only a finished run can be released; "
@@ -163,6 +176,11 @@ def export(workdir: str | Path, out: str | Path, seed: int | None = None,
                 best_epoch=restored.epochs if index is None else [restored.epochs[index]])
     meta["config"] = dict(_member_config(restored, index, summary["seeds"]), tta=restored.tta)
     record = _record(meta, summary, command)
+    source = workdir / integrity.RELEASE_RECORD
+    if source.is_file():  # a release exported again (e.g. in place): how it was made stays known
+        previous = integrity.load_json(source)
+        record["first_export_command"] = previous.get("first_export_command",
+                                                      previous.get("export_command"))
     if "sweep" in full:
         record["sweep_setting"] = full["sweep"]["settings"][
             sweep.member_settings(restored.config)[index]]["values"]
@@ -182,12 +200,15 @@ def _write(staging: Path, workdir: Path, restored: evaluation.Restored, index: i
     shutil.copy2(workdir / "metrics.jsonl", staging / "metrics.jsonl")
     (staging / "config.json").write_text(json.dumps(meta, indent=2) + "\n")
     (staging / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    (staging / "release.json").write_text(json.dumps(record, indent=2) + "\n")
     weights = {"params": _member(restored.params, index),
                "batch_stats": _member(restored.batch_stats, index)}
     with Checkpoints(staging, keep=1) as ckpts:
         ckpts.save(restored.step, weights, meta)
-    write_portable(staging)
+    _write_portable(staging)
+    # After the portable model, which reads `staging` back: a release.json there names a manifest
+    # (integrity.verify), which only a complete release has.
+    (staging / integrity.RELEASE_RECORD).write_text(json.dumps(record, indent=2) + "\n")
+    integrity.record(staging)
 
 
 def _not_a_release(path: Path) -> str:
@@ -197,7 +218,7 @@ def _not_a_release(path: Path) -> str:
     extra = sorted(p.name for p in path.iterdir() if p.name not in RELEASE_FILES)
     if extra:
         return f"holds {', '.join(extra[:5])}, which a release does not"
-    return "" if (path / "release.json").is_file() else "has no release.json"
+    return "" if (path / integrity.RELEASE_RECORD).is_file() else "has no release.json"
 
 
 def _previous(out: Path) -> Path:
@@ -230,11 +251,31 @@ def _check_out(out: Path, overwrite: bool) -> None:
                         f"another --out")
 
 
+def _exchange(a: Path, b: Path) -> bool:
+    """Swaps the paths `a` and `b` in one step (Linux `renameat2`); False where that is not
+    supported (another OS or file system)."""
+    renameat2 = getattr(ctypes.CDLL(None, use_errno=True), "renameat2", None)
+    if renameat2 is None:
+        return False
+    here = -100  # AT_FDCWD
+    if renameat2(here, os.fsencode(a), here, os.fsencode(b), RENAME_EXCHANGE) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+        return False
+    raise OSError(code, os.strerror(code), str(b))
+
+
 def _replace(staging: Path, out: Path) -> None:
-    """Moves the complete release `staging` to `out`; a previous release there is set aside until
-    then (and put back by the next export if this one is killed in between)."""
+    """Moves the complete release `staging` to `out`: swapped with the release there in one step
+    where the system can, so that a reader finds the old or the new release, never none. Else the
+    previous release is set aside until then (and put back by the next export if this one is killed
+    in between)."""
     previous = _previous(out)
     shutil.rmtree(previous, ignore_errors=True)  # a release that an earlier export replaced
+    if out.exists() and _exchange(staging, out):
+        integrity.sync(out.parent)
+        return  # the old release is in `staging` now, which the caller removes
     if out.exists():
         out.rename(previous)
     try:
@@ -243,16 +284,26 @@ def _replace(staging: Path, out: Path) -> None:
         if previous.exists():
             previous.rename(out)
         raise
+    integrity.sync(out.parent)
     shutil.rmtree(previous, ignore_errors=True)
 
 
-def write_portable(folder: str | Path) -> list[Path]:
+def _write_portable(folder: Path) -> list[Path]:
     """The portable model (`portable.py`) of the workdir or release `folder`, its ONNX conversion
     (`onnx_export.py`, when the model converts) and its out-of-distribution detector (`ood.py`),
     written into it; the paths."""
     restored = evaluation.for_setting(evaluation.load_workdir(folder, "best"))
     return (portable.write(restored, folder) + onnx_export.write(restored, folder)
             + ood.write(restored, folder))
+
+
+def write_portable(folder: str | Path) -> list[Path]:
+    """The portable model (`portable.py`) of the workdir or release `folder`, written into it and
+    added to its manifest (one made of them in a workdir without one)."""
+    with locking.exclusive(folder):
+        paths = _write_portable(Path(folder))
+        integrity.record(folder, paths)
+    return paths
 
 
 def size_bytes(path: str | Path) -> int:

@@ -32,7 +32,7 @@ import optax
 import tqdm
 
 from fmnist_jax import config as config_lib
-from fmnist_jax import data, metrics, optim, plots, report, sharding, sweep, tensorboard
+from fmnist_jax import data, locking, metrics, optim, plots, report, sharding, sweep, tensorboard
 from fmnist_jax import train as train_lib
 from fmnist_jax.checkpointing import Checkpoints
 from fmnist_jax.errors import (CheckpointError, ConfigError, DamagedRun, TrainingDiverged,
@@ -411,20 +411,28 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path, *
 
     `mesh` is `--mesh` (e.g. `data:4,seeds:2`; empty: the default of `sharding.mesh_shape`). With
     several processes only process 0 prints and writes files other than checkpoints. A workdir
-    made here and left empty by a failure is removed.
+    made here and left empty by a failure is removed. One run at a time writes a workdir
+    (`locking.py`): a second is refused.
     """
     with _removed_if_left_empty(Path(workdir)):
-        return _train_and_evaluate(config, Path(workdir), quiet, command, mesh)
+        return _checked_and_locked(config, Path(workdir), quiet, command, mesh)
 
 
-def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: Path, quiet: bool,
+def _checked_and_locked(config: ml_collections.ConfigDict, workdir: Path, quiet: bool,
                         command: str, mesh: str) -> dict[str, Any]:
     config_lib.validate(config)
     num_members = len(seeds_of(config))
     layout = sharding.make_layout(mesh, num_members)
     layout.check(config.batch_size, num_members)
-    quiet = quiet or not sharding.is_primary()
     ensure_writable(workdir)
+    with locking.exclusive(workdir, enabled=sharding.is_primary()):
+        return _train_and_evaluate(config, workdir, layout, quiet or not sharding.is_primary(),
+                                   command)
+
+
+def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: Path,
+                        layout: sharding.Layout, quiet: bool, command: str) -> dict[str, Any]:
+    num_members = len(seeds_of(config))
     dataset = data.load(config.data.dir or None, config.data.val_fraction, config.data.split_seed,
                         config.data.train_limit)
     if config.batch_size > len(dataset.train):

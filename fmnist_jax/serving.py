@@ -56,6 +56,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 import fmnist_jax
 from fmnist_jax import images, ood, runtime
 from fmnist_jax.errors import UserError, reading
+from fmnist_jax.metrics import check_finite
 from fmnist_jax.serving_limits import BoundedBodies, DecodeBudget, Limits
 from fmnist_jax.serving_limits import Refused as RequestError
 
@@ -133,8 +134,10 @@ class Predictor:
             return out
 
         self.function = function
-        for size in self.sizes:
-            jax.block_until_ready(self.function(np.zeros((size, *SHAPE), np.uint8)))
+        self.source = f"the served model ({model.metadata['model']})"
+        for size in self.sizes:  # a damaged model is refused here, before it answers anyone
+            warm = self.function(np.zeros((size, *SHAPE), np.uint8))
+            check_finite(np.asarray(warm["probabilities"]), self.source)
 
     def __call__(self, batch: np.ndarray) -> dict[str, np.ndarray]:
         """`{"probabilities": [N, 10]}` (and `"components": [N, 4]`) of uint8 `[N, 28, 28, 1]`,
@@ -148,6 +151,7 @@ class Predictor:
             self.metrics.batch.observe(len(chunk))
             outputs.append(jax.tree.map(lambda a, n=len(chunk): np.asarray(a)[:n],
                                         self.function(padded)))
+            check_finite(outputs[-1]["probabilities"], self.source)
         self.metrics.images.inc(len(batch))
         self.served += len(batch)
         return jax.tree.map(lambda *parts: np.concatenate(parts), *outputs)
@@ -440,6 +444,8 @@ def create_app(model: runtime.Model, max_batch: int = BATCH_SIZES[-1],
             status, message = e.status, str(e)
         elif isinstance(e, HTTPException):
             status, message = e.status_code, str(e.detail)
+        elif isinstance(e, UserError):  # a model that gives NaN: the server's fault, said plainly
+            status, message = 500, str(e)
         else:
             status, message = 500, f"internal error ({type(e).__name__}); please report it"
         return JSONResponse({"error": message, "status": status}, status_code=status)

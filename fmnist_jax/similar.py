@@ -20,7 +20,7 @@ import flax.linen as nn
 import jax
 import numpy as np
 
-from fmnist_jax import data, evaluation, plots
+from fmnist_jax import data, evaluation, locking, plots
 from fmnist_jax import train as train_lib
 from fmnist_jax.errors import UserError
 
@@ -91,12 +91,13 @@ def cached_training_embeddings(restored: Restored, cache_dir: Path | None = None
         except (ValueError, OSError, EOFError) as e:  # a damaged cache (truncated, garbled)
             print(f"the cached embeddings in {cache_dir} cannot be read ({e}); computing them "
                   f"again", file=sys.stderr)
-    embeddings = embed(restored, train.images)
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    temporary = cache_dir / "train.tmp.npy"
-    np.save(temporary, embeddings)
-    temporary.replace(array)  # never a half-written cache
-    record.write_text(json.dumps(key) + "\n")
+    with locking.exclusive(cache_dir):  # one process at a time writes the cache
+        embeddings = embed(restored, train.images)
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        temporary = cache_dir / "train.tmp.npy"
+        np.save(temporary, embeddings)
+        temporary.replace(array)  # never a half-written cache
+        record.write_text(json.dumps(key) + "\n")
     return embeddings, train
 
 

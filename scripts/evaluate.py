@@ -28,38 +28,35 @@ from fmnist_jax import cli  # noqa: E402  pylint: disable=wrong-import-position
 from fmnist_jax.errors import UserError  # noqa: E402  pylint: disable=wrong-import-position
 
 
-def evaluate_one(args) -> tuple[dict, list[Path], Path]:
+def evaluate_one(args, out: Path) -> tuple[dict, list[Path]]:
     """One workdir: its metrics, files, figures, embedding map and explanations."""
     # pylint: disable-next=import-outside-toplevel
-    from fmnist_jax import calibration, evaluation, explain, similar
+    from fmnist_jax import calibration, evaluation, explain, locking, similar
     restored = evaluation.for_setting(evaluation.load_workdir(
         args.workdir[0], args.checkpoint, args.data_dir, args.tta), args.setting)
     result = evaluation.evaluate(restored, args.split)
     summary = evaluation.summarize(result)
-    out = Path(args.output_dir or evaluation.default_output_dir(args.workdir[0], args.split))
-    figures = [similar.embedding_map(
-        restored, result.images, result.labels,
-        f"Penultimate-layer embedding, {restored.meta['model']}, {args.split} split (PCA)", out)]
-    if not args.no_calibration:
-        summary["calibration"], figure = calibration.of_evaluation(result, out)
-        figures.append(figure)
-    if not args.no_explain:
-        summary["explanations"], explained = explain.explain_evaluation(result, out)
-        figures += explained
-    return summary, evaluation.write_outputs(result, summary, out, figures), out
+    with locking.exclusive(out):  # one evaluation at a time writes `out`
+        title = f"Penultimate-layer embedding, {restored.meta['model']}, {args.split} split (PCA)"
+        figures = [similar.embedding_map(restored, result.images, result.labels, title, out)]
+        if not args.no_calibration:
+            summary["calibration"], figure = calibration.of_evaluation(result, out)
+            figures.append(figure)
+        if not args.no_explain:
+            summary["explanations"], explained = explain.explain_evaluation(result, out)
+            figures += explained
+        return summary, evaluation.write_outputs(result, summary, out, figures)
 
 
-def evaluate_ensemble(args) -> tuple[dict, list[Path], Path]:
+def evaluate_ensemble(args, out: Path) -> tuple[dict, list[Path]]:
     """Several workdirs: their averaged probabilities, each part printed beside the whole."""
-    from fmnist_jax import ensemble, report  # pylint: disable=import-outside-toplevel
-    if not args.output_dir:
-        raise UserError("several --workdir make an ensemble: give --output-dir=DIR for it")
-    out = args.output_dir
+    from fmnist_jax import ensemble, locking, report  # pylint: disable=import-outside-toplevel
     parts, summary, probabilities = ensemble.evaluate_ensemble(
         args.workdir, args.split, args.checkpoint, args.ensemble_weights, args.data_dir, args.tta)
     for part in summary["parts"]:
         print(f"  part (weight {part['weight']:.3f}): {report.headline(part)}")
-    return summary, ensemble.write_outputs(parts, summary, probabilities, out), out
+    with locking.exclusive(out):
+        return summary, ensemble.write_outputs(parts, summary, probabilities, out)
 
 
 def main(argv) -> None:
@@ -98,8 +95,12 @@ def main(argv) -> None:
     if len(args.workdir) == 1 and args.ensemble_weights != "equal":
         parser.error("--ensemble-weights weighs several --workdir; give two or more")
     start = time.perf_counter()
-    from fmnist_jax import report  # pylint: disable=import-outside-toplevel
-    summary, written, out = (evaluate_ensemble if len(args.workdir) > 1 else evaluate_one)(args)
+    # pylint: disable-next=import-outside-toplevel
+    from fmnist_jax import evaluation, report
+    if len(args.workdir) > 1 and not args.output_dir:
+        raise UserError("several --workdir make an ensemble: give --output-dir=DIR for it")
+    out = Path(args.output_dir or evaluation.default_output_dir(args.workdir[0], args.split))
+    summary, written = (evaluate_ensemble if len(args.workdir) > 1 else evaluate_one)(args, out)
     print(report.headline(summary))
     print(report.per_class_table(summary))
     print(f"wrote {len(written)} files to {out} in {time.perf_counter() - start:.1f}s "

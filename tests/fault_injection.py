@@ -9,6 +9,7 @@ FAULT is one of
   sigkill-after-save@N  SIGKILL right after the save of checkpoint step N started (in flight)
   offline               no Debian package folder, and the download host refuses connections
   max-file-size@N       writing a file past N bytes fails (EFBIG), as writing to a full disk does
+  pause@N               SIGSTOP before global train step N (the test continues it with SIGCONT)
 
 The faults hook the training loop's compiled step and `Checkpoints.save` from outside; the script
 itself runs unchanged.
@@ -79,6 +80,11 @@ def _sigint(args: tuple) -> tuple:
     return args
 
 
+def _pause(args: tuple) -> tuple:
+    os.kill(os.getpid(), signal.SIGSTOP)
+    return args
+
+
 def _nan_params(args: tuple) -> tuple:
     states = args[0]
     states = states.replace(params=jax.tree.map(lambda p: p * jnp.nan, states.params))
@@ -104,6 +110,8 @@ def install(fault: str) -> None:
         _before_step(int(at), _sigint)
     elif name == "nan":
         _before_step(int(at), _nan_params)
+    elif name == "pause":
+        _before_step(int(at), _pause)
     elif name == "sigkill-after-save":
         _sigkill_after_save(int(at))
     elif name == "offline":

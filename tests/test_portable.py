@@ -16,7 +16,7 @@ import jax
 import numpy as np
 import pytest
 
-from fmnist_jax import data, evaluation, portable
+from fmnist_jax import data, evaluation, integrity, portable
 from fmnist_jax.config import CONFIG_DIR
 from fmnist_jax.errors import CheckpointError
 from subprocess_runs import SMALL_RUN, run
@@ -114,7 +114,8 @@ def test_the_export_loads_and_runs_without_flax(tmp_path, test_images):
                              str(images_path)], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     out = json.loads(result.stdout)
-    assert out["modules"] == ["fmnist_jax", "fmnist_jax.errors", "fmnist_jax.portable"]
+    assert out["modules"] == ["fmnist_jax", "fmnist_jax.errors", "fmnist_jax.integrity",
+                              "fmnist_jax.portable"]
     expected = evaluation.load_workdir(RELEASE).probabilities(test_images.images[:3]).mean(0)
     chex.assert_trees_all_close(np.array(out["probabilities"]), expected, atol=2e-6)
 
@@ -128,6 +129,7 @@ def test_writing_leaves_no_temporary_files(tmp_path):
     release = shutil.copytree(RELEASE, tmp_path / "release")
     for name in (portable.MODEL_FILE, portable.METADATA_FILE):
         (release / name).unlink()
+    integrity.record(release)  # a release written without them
     written = portable.write(evaluation.load_workdir(release), release)
     assert sorted(p.name for p in written) == sorted([portable.MODEL_FILE, portable.METADATA_FILE])
     assert not [p for p in release.iterdir() if p.name.startswith(".")]
