@@ -60,10 +60,11 @@ def main(argv) -> None:
         if given:
             parser.error(f"{', '.join(given)} needs the jax runtime: --runtime={args.runtime} runs "
                          f"the exported model as released (best weights, its recorded tta)")
-        from fmnist_jax import runtime  # pylint: disable=import-outside-toplevel
+        from fmnist_jax import metrics, runtime  # pylint: disable=import-outside-toplevel
         model = runtime.load(args.workdir, args.runtime)
-        results = images.classify(model.probabilities, model.class_names, args.images, args.top,
-                                  detector)
+        results = images.classify(
+            lambda x: metrics.check_finite(model.probabilities(x), args.workdir),
+            model.class_names, args.images, args.top, detector)
     else:
         from fmnist_jax import evaluation, explain  # pylint: disable=import-outside-toplevel
         restored = evaluation.for_setting(
