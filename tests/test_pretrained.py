@@ -13,7 +13,7 @@ from fmnist_jax.config import CONFIG_DIR
 
 PRETRAINED = CONFIG_DIR.parent / "checkpoints" / "pretrained"
 SHIPPED = sorted(p for p in PRETRAINED.iterdir() if p.is_dir()) if PRETRAINED.is_dir() else []
-SIZE_LIMIT = 30 * 2**20  # all releases together
+SIZE_LIMIT = 40 * 2**20  # all releases together (model.onnx and ood.jaxexport each hold the weights again)
 
 
 def test_the_releases_are_small_and_complete():
