@@ -34,9 +34,8 @@ from pathlib import Path
 from typing import Any
 
 from fmnist_jax import benchmark, run
-from fmnist_jax.config import CONFIG_DIR
 
-ROOT = CONFIG_DIR.parent
+ROOT = Path(__file__).resolve().parent.parent  # the clone (benchmarks/ is not in the package)
 PYTORCH_REFERENCE = ROOT / "benchmarks" / "pytorch_reference.py"
 MODELS = ("cnn", "resnet", "cnn_deep", "lstm", "mlp")  # the goals' models, convolutions first
 CONV_MODELS = ("cnn", "cnn_deep", "cnn_s003", "resnet")
@@ -159,7 +158,7 @@ def _data_dir(check: Check) -> list[str]:
 def recipe(check: Check, deadline: float) -> Iterator[dict[str, Any]]:
     """The recipe trained by scripts/train.py in a workdir under `out`; its summary."""
     workdir = check.out / "recipe"
-    command = [sys.executable, str(ROOT / "scripts" / "train.py"), f"--config={check.recipe}",
+    command = [sys.executable, "-m", "fmnist_jax", "train", f"--config={check.recipe}",
                f"--workdir={workdir}", *_data_dir(check), *check.recipe_args]
     start = time.monotonic()
     try:

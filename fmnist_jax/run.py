@@ -82,7 +82,7 @@ def source_commit(root: Path | None = None) -> tuple[str | None, str]:
     """The git commit of the code (with '+dirty' when it has uncommitted changes) and how it was
     found; the commit is None unless the project's root is itself the top of a git work tree (a
     copy of the project inside another repository's folder must not record that repository's)."""
-    root = (root or config_lib.CONFIG_DIR.parent).resolve()
+    root = (root or Path(__file__).parent.parent).resolve()
     git = functools.partial(subprocess.run, cwd=root, capture_output=True, text=True, timeout=10,
                             check=True)
     try:

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +10,7 @@ import pytest
 from fmnist_jax import data, idx
 
 ROOT = Path(__file__).resolve().parent.parent
+PRETRAINED = ROOT / "checkpoints" / "pretrained"  # the shipped releases: read only
 
 
 def synthetic_split(n: int, seed: int = 0) -> data.Split:
@@ -49,9 +47,3 @@ def real_data_dir() -> Path:
         f"{data.DEBIAN_DIR} is missing: apt-get install -y dataset-fashion-mnist")
     return data.DEBIAN_DIR
 
-
-def run_script(name: str, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    """Runs `scripts/<name>.py` in a subprocess and returns its completed process."""
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    return subprocess.run([sys.executable, str(ROOT / "scripts" / f"{name}.py"), *args],
-                          capture_output=True, text=True, timeout=timeout, env=env, cwd=ROOT)

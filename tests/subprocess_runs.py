@@ -7,7 +7,6 @@ import contextlib
 import io
 import json
 import os
-import runpy
 import subprocess
 import sys
 import time
@@ -20,7 +19,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from fmnist_jax import cli
+from fmnist_jax import commands
 
 ROOT = Path(__file__).resolve().parent.parent
 FAULTS = ROOT / "tests" / "fault_injection.py"
@@ -53,12 +52,11 @@ def run_main(script: str, *args: str) -> subprocess.CompletedProcess:
     For flag and config errors, which fail before anything is imported that logs: as faithful as a
     subprocess, and a second faster.
     """
-    namespace = runpy.run_path(str(ROOT / "scripts" / f"{script}.py"), run_name="in_process")
     stdout, stderr = io.StringIO(), io.StringIO()
     code = 0
     with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
         try:
-            cli.main_guard(namespace["main"], list(args))
+            commands.run(script, list(args))
         except SystemExit as e:
             code = e.code
     return subprocess.CompletedProcess(list(args), code, stdout.getvalue(), stderr.getvalue())
@@ -128,7 +126,8 @@ def _manager(workdir: Path) -> ocp.CheckpointManager:
 
 
 def script_env(**extra: str) -> dict[str, str]:
-    """The scripts' environment: CPU only, and the shared compilation cache."""
-    return {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONUNBUFFERED": "1",
+    """The scripts' environment: CPU only, the shared compilation cache, and this checkout's
+    fmnist_jax (the scripts do not patch sys.path; an installed copy must not be tested instead)."""
+    return {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(ROOT),
             "JAX_COMPILATION_CACHE_DIR": str(COMPILATION_CACHE),
             "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0", **extra}

@@ -19,7 +19,6 @@ import pytest
 from PIL import Image
 
 from fmnist_jax import data, evaluation, images
-from fmnist_jax.config import CONFIG_DIR
 from fmnist_jax.errors import CheckpointError, UserError
 from subprocess_runs import ROOT, one_line_error, run
 
@@ -365,7 +364,7 @@ def test_predict_refuses_a_decompression_bomb_and_classifies_the_other_files(sam
     bombs = [tmp_path / "bomb.png", tmp_path / "large.png"]
     bombs[0].write_bytes(bomb_png(100_000, 100_000))
     bombs[1].write_bytes(bomb_png(7_000, 7_000))
-    release = CONFIG_DIR.parent / "checkpoints" / "pretrained" / "mlp"
+    release = ROOT / "checkpoints" / "pretrained" / "mlp"
     result = run("predict", f"--workdir={release}", str(bombs[0]), str(good), str(bombs[1]))
     assert result.returncode == 2, result.stderr
     assert result.stdout.startswith(f"{good}: ") and len(result.stdout.splitlines()) == 1

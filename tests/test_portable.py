@@ -16,12 +16,11 @@ import jax
 import numpy as np
 import pytest
 
+from conftest import ROOT
 from fmnist_jax import data, evaluation, portable
-from fmnist_jax.config import CONFIG_DIR
 from fmnist_jax.errors import CheckpointError
 from subprocess_runs import SMALL_RUN, run
 
-ROOT = CONFIG_DIR.parent
 RELEASE = ROOT / "checkpoints" / "pretrained" / "lstm"  # the smallest shipped release
 
 

@@ -10,10 +10,9 @@ from pathlib import Path
 import pytest
 
 import subprocess_runs as runs
-from fmnist_jax.config import CONFIG_DIR
+from conftest import PRETRAINED
 
 pytestmark = pytest.mark.e2e
-PRETRAINED = CONFIG_DIR.parent / "checkpoints" / "pretrained"
 
 
 def snapshot(folder: Path) -> dict[str, bytes]:

@@ -28,11 +28,11 @@ from selenium import webdriver
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
+import subprocess_runs as runs
+from conftest import ROOT
 from fmnist_jax import data, portable, serving
-from fmnist_jax.config import CONFIG_DIR
 from fmnist_jax.errors import UserError
 
-ROOT = CONFIG_DIR.parent
 RELEASE = ROOT / "checkpoints" / "pretrained" / "cnn"
 MAX_BATCH = 32  # compiles batch sizes 1, 8 and 32
 CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
@@ -51,9 +51,9 @@ def server(tmp_path_factory):
     log = tmp_path_factory.mktemp("serve") / "serve.log"
     with log.open("w") as out:
         process = subprocess.Popen(
-            [sys.executable, str(ROOT / "scripts" / "serve.py"), f"--workdir={RELEASE}",
-             f"--port={port}", f"--max-batch={MAX_BATCH}"], stdout=out, stderr=subprocess.STDOUT,
-            cwd=ROOT)
+            runs.command("serve", f"--workdir={RELEASE}", f"--port={port}",
+                         f"--max-batch={MAX_BATCH}"), stdout=out, stderr=subprocess.STDOUT,
+            env=runs.script_env(), cwd=ROOT)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 240
     while True:

@@ -16,9 +16,8 @@ def git(cwd: Path, *args: str) -> str:
 
 
 def copy_project(dest: Path) -> Path:
-    for folder in ("fmnist_jax", "configs"):
-        shutil.copytree(ROOT / folder, dest / folder,
-                        ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(ROOT / "fmnist_jax", dest / "fmnist_jax",
+                    ignore=shutil.ignore_patterns("__pycache__"))
     return dest
 
 
