@@ -49,7 +49,7 @@ def test_a_checkout_of_its_own_records_its_head(tmp_path):
     git(project, "commit", "-qm", "project")
     head = git(project, "rev-parse", "HEAD")
     assert recorded_commit(project)[0] == head
-    (project / "configs" / "cnn.py").write_text("# edited\n")
+    (project / "fmnist_jax" / "configs" / "cnn.py").write_text("# edited\n")
     assert recorded_commit(project)[0] == head + "+dirty"
 
 
