@@ -30,10 +30,14 @@ STEPS_PER_EPOCH = 16
 TIMING_FIELDS = ("seconds", "train_seconds", "images_per_second")
 # Reruns skip compilation; safe for bitwise comparisons, since a cached program is the same program.
 COMPILATION_CACHE = ROOT / ".pytest_cache" / "jax-compilation-cache"
+# Whether the test being set up is marked e2e (conftest.py sets it): only those may run scripts,
+# so that `pytest -m "not e2e"` stays fast.
+E2E_ALLOWED = True
 
 
 def command(script: str, *args: str, fault: str | None = None) -> list[str]:
     """The command line of `scripts/<script>.py ARGS`, run through the fault injector if `fault`."""
+    assert E2E_ALLOWED, f"a test that runs scripts/{script}.py must be marked @pytest.mark.e2e"
     path = str(ROOT / "scripts" / f"{script}.py")
     prefix = [str(FAULTS), fault] if fault else []
     return [sys.executable, *prefix, path, *args]

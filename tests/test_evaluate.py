@@ -22,8 +22,6 @@ from fmnist_jax import data, evaluation, images
 from fmnist_jax.errors import CheckpointError, UserError
 from subprocess_runs import ROOT, one_line_error, run
 
-TRAIN = ("--model=mlp", "--epochs=1", "--train-limit=512", "--config.data.val_fraction=0.05",
-         "--quiet")
 FIGURES = ("confusion_matrix.png", "confusion_matrix_normalized.png", "per_class_f1.png",
            "training_curves.png", "worst_mistakes.png", "probabilities.png")
 
@@ -34,13 +32,9 @@ def _ok(result):
 
 
 @pytest.fixture(scope="session")
-def workdirs(tmp_path_factory, real_data_dir) -> dict[str, Path]:
-    """One single-seed and one two-seed mlp workdir, trained briefly on a slice of the real data."""
-    root = tmp_path_factory.mktemp("eval")
-    dirs = {"single": root / "mlp", "pair": root / "mlp2"}
-    _ok(run("train", *TRAIN, f"--workdir={dirs['single']}"))
-    _ok(run("train", *TRAIN, "--seeds=2", f"--workdir={dirs['pair']}"))
-    return dirs
+def workdirs(tiny_workdir) -> dict[str, Path]:
+    """The shared single-seed and two-seed mlp workdirs."""
+    return {"single": tiny_workdir(1), "pair": tiny_workdir(2)}
 
 
 @pytest.fixture(scope="session")

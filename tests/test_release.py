@@ -26,12 +26,9 @@ def export(workdir: Path, out: Path, *extra: str):
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory) -> Path:
-    """A finished training workdir (one small epoch of an mlp)."""
-    workdir = tmp_path_factory.mktemp("trained") / "run"
-    result = runs.run("train", *runs.SMALL_RUN, "--epochs=1", f"--workdir={workdir}")
-    assert result.returncode == 0, result.stderr[-3000:]
-    return workdir
+def trained(tiny_workdir) -> Path:
+    """A finished training workdir (one small epoch of an mlp), shared: read only."""
+    return tiny_workdir(1)
 
 
 @pytest.fixture

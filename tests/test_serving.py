@@ -100,6 +100,7 @@ def assert_matches(results: list[dict], probabilities: np.ndarray, class_names: 
         chex.assert_trees_all_close(result["top"][0]["probability"], float(p[best]), atol=1e-5)
 
 
+@pytest.mark.e2e
 def test_it_describes_itself(server):
     url = server["url"]
     assert httpx.get(f"{url}/healthz").json() == {"status": "ok"}
@@ -115,6 +116,7 @@ def test_it_describes_itself(server):
     assert httpx.get(url + examples[0]["url"]).headers["content-type"] == "image/png"
 
 
+@pytest.mark.e2e
 def test_one_image_uploaded_as_a_file(server, test_split, expected):
     response = httpx.post(f"{server['url']}/v1/classify",
                           files={"image": ("boot.png", png(test_split.images[0]), "image/png")})
@@ -125,6 +127,7 @@ def test_one_image_uploaded_as_a_file(server, test_split, expected):
     assert_matches([result], expected[:1], data.CLASS_NAMES)
 
 
+@pytest.mark.e2e
 def test_many_images_as_files_and_as_base64_json(server, test_split, expected):
     files = [("image", (f"{i}.png", png(x), "image/png"))
              for i, x in enumerate(test_split.images[:20])]
@@ -174,6 +177,7 @@ BAD_INPUTS = {
 
 
 @pytest.mark.parametrize("case", BAD_INPUTS, ids=str)
+@pytest.mark.e2e
 def test_a_bad_request_gets_a_clear_4xx_and_the_server_keeps_serving(server, test_split, case):
     status, message, request = BAD_INPUTS[case]
     good = png(test_split.images[0])
@@ -189,6 +193,7 @@ def test_a_bad_request_gets_a_clear_4xx_and_the_server_keeps_serving(server, tes
     assert after.status_code == 200 and server["process"].poll() is None
 
 
+@pytest.mark.e2e
 def test_concurrent_clients_are_batched_and_all_answered(server, test_split, expected):
     url, threads, per_thread = server["url"], 16, 4
     calls_before = metric(url, "fmnist_batch_images_count")
@@ -217,6 +222,7 @@ def test_concurrent_clients_are_batched_and_all_answered(server, test_split, exp
     assert 1 <= calls < threads * per_thread  # some requests shared a model call
 
 
+@pytest.mark.e2e
 def test_metrics_count_requests_and_nothing_compiled_after_warm_up(server):
     url = server["url"]
     assert metric(url, "fmnist_compilations_total") == 3  # the batch sizes 1, 8 and 32, at start
@@ -252,6 +258,7 @@ def test_the_web_page_in_a_headless_browser(server, test_split, tmp_path):
         browser.quit()
 
 
+@pytest.mark.e2e
 def test_sigterm_stops_it_cleanly(server):
     process = server["process"]
     process.send_signal(signal.SIGTERM)
