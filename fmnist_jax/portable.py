@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -27,6 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from fmnist_jax import files
 from fmnist_jax.errors import CheckpointError
 
 if TYPE_CHECKING:
@@ -90,25 +89,13 @@ def metadata(restored: Restored) -> dict[str, Any]:
             "jax_version": jax.__version__}
 
 
-def _write_atomically(path: Path, content: bytes) -> None:
-    """`content` in `path`, written beside it and renamed: never half-written."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(content)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write(restored: Restored, folder: str | Path) -> list[Path]:
     """`model.jaxexport` and `model.json` of `restored` in `folder`; the paths written."""
     folder = Path(folder)
     paths = [folder / MODEL_FILE, folder / METADATA_FILE]
     serialized = export(restored).serialize()
-    _write_atomically(paths[0], bytes(serialized))
-    _write_atomically(paths[1], (json.dumps(metadata(restored), indent=2) + "\n").encode())
+    files.write_atomically(paths[0], bytes(serialized))
+    files.write_atomically(paths[1], (json.dumps(metadata(restored), indent=2) + "\n").encode())
     return paths
 
 

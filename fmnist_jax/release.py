@@ -19,7 +19,8 @@ from typing import Any
 import jax
 import numpy as np
 
-from fmnist_jax import evaluation, metrics, portable, run, sweep
+from fmnist_jax import evaluation, metrics, portable, sweep
+from fmnist_jax import workdir as workdir_lib
 from fmnist_jax.checkpointing import Checkpoints
 from fmnist_jax.errors import UserError
 
@@ -109,7 +110,7 @@ def _member_config(restored: evaluation.Restored, index: int | None, seeds: list
     config = restored.meta["config"]
     if sweep.is_sweep(restored.config):
         setting = sweep.member_settings(restored.config)[index]
-        return run.config_to_json(sweep.setting_config(restored.config, setting, seeds[0]))
+        return workdir_lib.config_to_json(sweep.setting_config(restored.config, setting, seeds[0]))
     return dict(config, seed=seeds[0], num_seeds=len(seeds))
 
 

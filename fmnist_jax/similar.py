@@ -10,6 +10,7 @@ embedded through member 0.
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -19,7 +20,7 @@ import flax.linen as nn
 import jax
 import numpy as np
 
-from fmnist_jax import data, evaluation, plots
+from fmnist_jax import data, evaluation, files, plots
 from fmnist_jax import train as train_lib
 
 if TYPE_CHECKING:
@@ -80,9 +81,9 @@ def cached_training_embeddings(restored: Restored, cache_dir: Path | None = None
             return embeddings, train
     embeddings = embed(restored, train.images)
     cache_dir.mkdir(parents=True, exist_ok=True)
-    temporary = cache_dir / "train.tmp.npy"
-    np.save(temporary, embeddings)
-    temporary.replace(array)  # never a half-written cache
+    buffer = io.BytesIO()
+    np.save(buffer, embeddings)
+    files.write_atomically(array, buffer.getvalue())  # never a half-written cache
     record.write_text(json.dumps(key) + "\n")
     return embeddings, train
 

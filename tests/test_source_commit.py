@@ -22,8 +22,8 @@ def copy_project(dest: Path) -> Path:
 
 
 def recorded_commit(project: Path) -> list[str]:
-    """`run.source_commit()` as the copy at `project` computes it, in a fresh process."""
-    code = "from fmnist_jax import run; print(*run.source_commit(), sep='\\n')"
+    """`workdir.source_commit()` as the copy at `project` computes it, in a fresh process."""
+    code = "from fmnist_jax import workdir; print(*workdir.source_commit(), sep='\\n')"
     done = subprocess.run([sys.executable, "-c", code], cwd=project, check=True,
                           capture_output=True, text=True, env={"PYTHONPATH": str(project),
                                                                "PATH": "/usr/bin:/bin"})
