@@ -65,12 +65,7 @@ def case_config(case: str, seeds: int, mode: str, settings: Settings) -> ml_coll
     base, fields = CASES[case]
     config = config_lib.model_config(base)
     for field, value in fields.items():
-        *parents, leaf = field.split(".")
-        node = config
-        for parent in parents:
-            node = node[parent]
-        with node.ignore_type():
-            node[leaf] = value
+        config_lib.set_field(config, field, value)
     for item in settings.overrides:
         field, _, text = item.partition("=")
         config_lib.apply_override(config, field, text)
@@ -102,8 +97,7 @@ def _trainer(config: ml_collections.ConfigDict) -> tuple[run.Trainer, Any, data.
     """The run's Trainer, its initial states on the devices, and the dataset."""
     layout = sharding.make_layout("", config.num_seeds)
     layout.check(config.batch_size, config.num_seeds)
-    dataset = data.load(config.data.dir or None, config.data.val_fraction, config.data.split_seed,
-                        config.data.train_limit)
+    dataset = data.load_for_config(config)
     parts = components.build(config, len(dataset.train))
     states = layout.put_members(components.initial_states(config, parts))
     return run.Trainer(config, None, dataset, parts, True, layout), states, dataset

@@ -172,12 +172,17 @@ def apply_override(config: ml_collections.ConfigDict, field: str, text: str) -> 
         close = difflib.get_close_matches(field, list(fields), n=1)
         hint = f"did you mean {close[0]!r}? " if close else ""
         raise ConfigError(f"unknown config field {field!r}; {hint}see --help for the valid fields")
+    set_field(config, field, _parse_value(field, text, fields[field]))
+
+
+def set_field(config: ml_collections.ConfigDict, field: str, value: Any) -> None:
+    """Sets the dotted `field` (e.g. 'optimizer.learning_rate') to `value`, whatever its type."""
     *parents, leaf = field.split(".")
     node = config
     for parent in parents:
         node = node[parent]
     with node.ignore_type():
-        node[leaf] = _parse_value(field, text, fields[field])
+        node[leaf] = value
 
 
 def _require(ok: bool, message: str) -> None:

@@ -206,8 +206,7 @@ def load_split(config: ml_collections.ConfigDict, split: str) -> data.Split:
     """The split exactly as training drew it (same source, validation fraction and seed)."""
     if split not in SPLITS:
         raise UserError(f"--split must be one of {', '.join(SPLITS)}, got {split!r}")
-    dataset = data.load(config.data.dir or None, config.data.val_fraction,
-                        config.data.split_seed, config.data.train_limit)
+    dataset = data.load_for_config(config)
     return dataset.test if split == "test" else dataset.val
 
 

@@ -255,8 +255,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path, *
     quiet = quiet or not sharding.is_primary()
     workdir = Path(workdir)
     ensure_writable(workdir)
-    dataset = data.load(config.data.dir or None, config.data.val_fraction, config.data.split_seed,
-                        config.data.train_limit)
+    dataset = data.load_for_config(config)
     if config.batch_size > len(dataset.train):
         raise ConfigError(f"batch size {config.batch_size} exceeds the {len(dataset.train)} "
                           f"training images; lower --batch-size")

@@ -62,9 +62,7 @@ def embed(restored: Restored, images: np.ndarray, member: int = 0) -> np.ndarray
 
 def training_split(restored: Restored) -> data.Split:
     """The training split exactly as the run drew it."""
-    config = restored.config
-    return data.load(config.data.dir or None, config.data.val_fraction, config.data.split_seed,
-                     config.data.train_limit).train
+    return data.load_for_config(restored.config).train
 
 
 def cached_training_embeddings(restored: Restored, cache_dir: Path | None = None,

@@ -29,6 +29,7 @@ from fmnist_jax.errors import CheckpointError, UserError
 RESUMABLE_CHANGES = ("epochs", "data.dir", "checkpoints_to_keep", "epoch_mode", "scan_unroll",
                      "model.conv_impl", "model.pool_impl", "member_strategy")
 
+
 def source_commit(root: Path | None = None) -> tuple[str | None, str]:
     """The git commit of the code (with '+dirty' when it has uncommitted changes) and how it was
     found; the commit is None unless the project's root is itself the top of a git work tree (a
