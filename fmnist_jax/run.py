@@ -1,4 +1,4 @@
-"""A training run: data, model and state, the epoch loop, checkpoints, logs and the final summary.
+"""A training run: the epoch loop (`Trainer`), checkpoints and logs, and the final summary.
 
 The workdir holds `config.json` (the resolved config, written at start), `metrics.jsonl` (one line
 per epoch; `tensorboard/` the same as event files), `checkpoints/` (orbax) and, at the end,
