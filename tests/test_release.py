@@ -26,9 +26,10 @@ def export(workdir: Path, out: Path, *extra: str):
 
 
 @pytest.fixture(scope="module")
-def trained(tiny_workdir) -> Path:
-    """A finished training workdir (one small epoch of an mlp), shared: read only."""
-    return tiny_workdir(1)
+def trained(tiny_workdir, tmp_path_factory) -> Path:
+    """A finished training workdir (one small epoch of an mlp): a copy of the shared one, which
+    other tests add evaluations to, since these tests snapshot it."""
+    return Path(shutil.copytree(tiny_workdir(1), tmp_path_factory.mktemp("trained") / "run"))
 
 
 @pytest.fixture
