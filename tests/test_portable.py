@@ -113,7 +113,8 @@ def test_the_export_loads_and_runs_without_flax(tmp_path, test_images):
                              str(images_path)], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     out = json.loads(result.stdout)
-    assert out["modules"] == ["fmnist_jax", "fmnist_jax.errors", "fmnist_jax.portable"]
+    assert out["modules"] == ["fmnist_jax", "fmnist_jax.errors", "fmnist_jax.files",
+                              "fmnist_jax.portable"]
     expected = evaluation.load_workdir(RELEASE).probabilities(test_images.images[:3]).mean(0)
     chex.assert_trees_all_close(np.array(out["probabilities"]), expected, atol=2e-6)
 
