@@ -27,9 +27,10 @@ def export(workdir: Path, out: Path, *extra: str):
 
 @pytest.fixture(scope="module")
 def trained(tiny_workdir, tmp_path_factory) -> Path:
-    """A finished training workdir (one small epoch of an mlp): a copy of the shared one, which
-    other tests add evaluations to, since these tests snapshot it."""
-    return Path(shutil.copytree(tiny_workdir(1), tmp_path_factory.mktemp("trained") / "run"))
+    """A finished training workdir (one small epoch of an mlp): the shared one as training left
+    it (without the evaluations other tests add to it), copied, since these tests snapshot it."""
+    return Path(shutil.copytree(tiny_workdir(1), tmp_path_factory.mktemp("trained") / "run",
+                                ignore=shutil.ignore_patterns("eval-*")))
 
 
 @pytest.fixture
