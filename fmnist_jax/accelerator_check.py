@@ -33,10 +33,10 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from fmnist_jax import benchmark, run
-from fmnist_jax.config import CONFIG_DIR
+from fmnist_jax import benchmark
+from fmnist_jax import workdir as workdir_lib
 
-ROOT = CONFIG_DIR.parent
+ROOT = Path(__file__).resolve().parent.parent  # the clone (benchmarks/ is not in the package)
 PYTORCH_REFERENCE = ROOT / "benchmarks" / "pytorch_reference.py"
 MODELS = ("cnn", "resnet", "cnn_deep", "lstm", "mlp")  # the goals' models, convolutions first
 CONV_MODELS = ("cnn", "cnn_deep", "cnn_s003", "resnet")
@@ -71,7 +71,7 @@ class Check:
         self.start = time.monotonic()
         self.out.mkdir(parents=True, exist_ok=True)
         self.report = {"started": datetime.datetime.now(datetime.timezone.utc).isoformat(),
-                       "command": shlex.join(sys.argv), "environment": run.environment(),
+                       "command": shlex.join(sys.argv), "environment": workdir_lib.environment(),
                        "budget_seconds": self.budget_seconds, "steps": {}, "single": [],
                        "scaling": [], "bfloat16": [], "pytorch": [], "recipe": []}
 
@@ -159,7 +159,7 @@ def _data_dir(check: Check) -> list[str]:
 def recipe(check: Check, deadline: float) -> Iterator[dict[str, Any]]:
     """The recipe trained by scripts/train.py in a workdir under `out`; its summary."""
     workdir = check.out / "recipe"
-    command = [sys.executable, str(ROOT / "scripts" / "train.py"), f"--config={check.recipe}",
+    command = [sys.executable, "-m", "fmnist_jax", "train", f"--config={check.recipe}",
                f"--workdir={workdir}", *_data_dir(check), *check.recipe_args]
     start = time.monotonic()
     try:
@@ -168,7 +168,7 @@ def recipe(check: Check, deadline: float) -> Iterator[dict[str, Any]]:
     except subprocess.TimeoutExpired:
         yield {"config": check.recipe, "command": shlex.join(command[1:]),
                "error": f"timed out after {time.monotonic() - start:.0f} s",
-               "epochs_completed": len(run.read_history(workdir))}
+               "epochs_completed": len(workdir_lib.read_history(workdir))}
         return
     if done.returncode:
         tail = (done.stderr or done.stdout).strip().splitlines()[-1:]

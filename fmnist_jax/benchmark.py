@@ -24,9 +24,10 @@ import jax
 import ml_collections
 
 from fmnist_jax import config as config_lib
-from fmnist_jax import data, run, sharding
+from fmnist_jax import components, data, run, sharding
 from fmnist_jax import flops as flops_lib
 from fmnist_jax import train as train_lib
+from fmnist_jax import workdir as workdir_lib
 from fmnist_jax.errors import ConfigError
 from fmnist_jax.models import layers
 
@@ -64,12 +65,7 @@ def case_config(case: str, seeds: int, mode: str, settings: Settings) -> ml_coll
     base, fields = CASES[case]
     config = config_lib.model_config(base)
     for field, value in fields.items():
-        *parents, leaf = field.split(".")
-        node = config
-        for parent in parents:
-            node = node[parent]
-        with node.ignore_type():
-            node[leaf] = value
+        config_lib.set_field(config, field, value)
     for item in settings.overrides:
         field, _, text = item.partition("=")
         config_lib.apply_override(config, field, text)
@@ -101,10 +97,9 @@ def _trainer(config: ml_collections.ConfigDict) -> tuple[run.Trainer, Any, data.
     """The run's Trainer, its initial states on the devices, and the dataset."""
     layout = sharding.make_layout("", config.num_seeds)
     layout.check(config.batch_size, config.num_seeds)
-    dataset = data.load(config.data.dir or None, config.data.val_fraction, config.data.split_seed,
-                        config.data.train_limit)
-    parts = run.build(config, len(dataset.train))
-    states = layout.put_members(run.initial_states(config, parts))
+    dataset = data.load_for_config(config)
+    parts = components.build(config, len(dataset.train))
+    states = layout.put_members(components.initial_states(config, parts))
     return run.Trainer(config, None, dataset, parts, True, layout), states, dataset
 
 
@@ -159,7 +154,7 @@ def measure(case: str, seeds: int, mode: str, settings: Settings) -> dict[str, A
         "member_strategy": train_lib.resolve_member_strategy(config.member_strategy, seeds),
         "peak_host_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "peak_device_mib": memory.get("peak_bytes_in_use", 0) / 2**20 or None,
-        "device": run.device_description(), "xla_flags": os.environ.get("XLA_FLAGS", ""),
+        "device": workdir_lib.device_description(), "xla_flags": os.environ.get("XLA_FLAGS", ""),
         "jax": jax.__version__,
     }
 

@@ -19,8 +19,6 @@ from fmnist_jax import sharding
 from fmnist_jax.errors import ConfigError, TrainingDiverged, UserError
 from fmnist_jax.models import MODELS
 
-REPO_ROOT = config_lib.CONFIG_DIR.parent
-
 # Shorthand flags and the config fields they set.
 SHORTHANDS = {
     "epochs": ("epochs", int, "training epochs"),
@@ -127,7 +125,11 @@ DEVICE_ENV = ("JAX_NUM_CPU_DEVICES", "XLA_FLAGS")
 def command_line() -> str:
     """This process's command as a user would type it, with the device settings it ran under."""
     settings = [f"{name}={os.environ[name]}" for name in DEVICE_ENV if os.environ.get(name)]
-    return shlex.join([*settings, "python", *sys.argv])
+    program, *args = sys.argv
+    name = Path(program).name
+    head = (["fmnist-jax"] if name == "fmnist-jax"  # the installed command
+            else ["python", "-m", "fmnist_jax"] if name == "__main__.py" else ["python", program])
+    return shlex.join([*settings, *head, *args])
 
 
 class Parser(argparse.ArgumentParser):
@@ -244,4 +246,4 @@ def main_guard(main: Callable[[Sequence[str]], None], argv: Sequence[str] | None
 def default_workdir(model: str) -> Path:
     import datetime  # pylint: disable=import-outside-toplevel
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-    return REPO_ROOT / "checkpoints" / f"{model}-{stamp}"
+    return Path("checkpoints") / f"{model}-{stamp}"

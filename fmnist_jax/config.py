@@ -17,7 +17,9 @@ from fmnist_jax.models import COMPUTE_DTYPES, MODELS
 from fmnist_jax.models.layers import CONV_IMPLS, POOL_IMPLS
 from fmnist_jax.train import MEMBER_STRATEGIES
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+# the model configs, tuned recipes, seed replicas and searches: package data, so `--model` and
+# `--config=configs/...` work wherever the package is installed
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("constant", "warmup_cosine", "onecycle", "plateau")
 EPOCH_MODES = ("auto", "loop", "scan")
@@ -78,9 +80,19 @@ def base_config() -> ml_collections.ConfigDict:
     return c
 
 
-def load_config_file(path: str | Path) -> ml_collections.ConfigDict:
-    """Calls `get_config()` of the Python file at `path`."""
+def find_config_file(path: str | Path) -> Path:
+    """`path` if it is a file; else `configs/REST` names the packaged `CONFIG_DIR/REST` (the
+    recipes' documented paths work from any folder, and from an installed wheel)."""
     path = Path(path)
+    packaged = CONFIG_DIR.joinpath(*path.parts[1:])
+    if not path.is_file() and path.parts[:1] == ("configs",) and packaged.is_file():
+        return packaged
+    return path
+
+
+def load_config_file(path: str | Path) -> ml_collections.ConfigDict:
+    """Calls `get_config()` of the Python file at `path` (see `find_config_file`)."""
+    path = find_config_file(path)
     if not path.is_file():
         raise ConfigError(f"config file {path} not found; model configs: "
                           f"{', '.join(sorted(p.stem for p in CONFIG_DIR.glob('*.py')))}")
@@ -160,12 +172,17 @@ def apply_override(config: ml_collections.ConfigDict, field: str, text: str) -> 
         close = difflib.get_close_matches(field, list(fields), n=1)
         hint = f"did you mean {close[0]!r}? " if close else ""
         raise ConfigError(f"unknown config field {field!r}; {hint}see --help for the valid fields")
+    set_field(config, field, _parse_value(field, text, fields[field]))
+
+
+def set_field(config: ml_collections.ConfigDict, field: str, value: Any) -> None:
+    """Sets the dotted `field` (e.g. 'optimizer.learning_rate') to `value`, whatever its type."""
     *parents, leaf = field.split(".")
     node = config
     for parent in parents:
         node = node[parent]
     with node.ignore_type():
-        node[leaf] = _parse_value(field, text, fields[field])
+        node[leaf] = value
 
 
 def _require(ok: bool, message: str) -> None:

@@ -12,6 +12,7 @@ import os
 import socket
 import urllib.parse
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -184,6 +185,13 @@ def pixel_stats(images: np.ndarray) -> tuple[float, float]:
     """Mean and standard deviation of the pixels scaled to [0, 1]."""
     x = images.astype(np.float64) / 255.0
     return float(x.mean()), float(x.std())
+
+
+def load_for_config(config: Any) -> Dataset:
+    """The dataset exactly as a run of `config` (an ml_collections config) draws it: same
+    source, validation fraction, split seed and training limit."""
+    return load(config.data.dir or None, config.data.val_fraction, config.data.split_seed,
+                config.data.train_limit)
 
 
 def load(data_dir: str | Path | None = None, val_fraction: float = 0.1, split_seed: int = 0,

@@ -22,8 +22,9 @@ import ml_collections
 import numpy as np
 
 from fmnist_jax import config as config_lib
-from fmnist_jax import data, integrity, metrics, plots, report, run, sweep
+from fmnist_jax import components, data, integrity, metrics, plots, report, sweep
 from fmnist_jax import train as train_lib
+from fmnist_jax import workdir as workdir_lib
 from fmnist_jax.checkpointing import Checkpoints
 from fmnist_jax.errors import CheckpointError, UserError
 from fmnist_jax.models import create_model
@@ -101,8 +102,8 @@ def _template(meta: dict[str, Any]) -> Any:
     """The abstract stacked state (shapes only, nothing computed) that `meta`'s run saves: a
     training state, or the weights alone of a release (`release.py`)."""
     config = config_from_meta(meta)
-    parts = run.build(config, meta["data"]["train_size"])
-    state = jax.eval_shape(lambda: run.initial_states(config, parts))
+    parts = components.build(config, meta["data"]["train_size"])
+    state = jax.eval_shape(lambda: components.initial_states(config, parts))
     if meta.get("weights_only"):
         return {"params": state.params, "batch_stats": state.batch_stats}
     return state
@@ -216,8 +217,7 @@ def load_split(config: ml_collections.ConfigDict, split: str) -> data.Split:
     """The split exactly as training drew it (same source, validation fraction and seed)."""
     if split not in SPLITS:
         raise UserError(f"--split must be one of {', '.join(SPLITS)}, got {split!r}")
-    dataset = data.load(config.data.dir or None, config.data.val_fraction,
-                        config.data.split_seed, config.data.train_limit)
+    dataset = data.load_for_config(config)
     return dataset.test if split == "test" else dataset.val
 
 
@@ -249,7 +249,7 @@ def across_members(members: Sequence[dict[str, Any]], class_names: Sequence[str]
 
 def training_record(workdir: Path) -> dict[str, Any]:
     """How the run trained, from metrics.jsonl: epochs, training seconds, median images/s."""
-    history = run.read_history(workdir)
+    history = workdir_lib.read_history(workdir)
     if not history:
         return {"epochs": 0, "train_seconds": None, "images_per_second": None}
     return {"epochs": len(history),
@@ -316,7 +316,7 @@ def write_outputs(evaluation: Evaluation, summary: dict[str, Any], out: Path,
         members = {f"seed{seed}": probs
                    for seed, probs in zip(restored.seeds, evaluation.member_probabilities)}
     return write_files(out, summary, evaluation.images, evaluation.labels,
-                       evaluation.probabilities, members, run.read_history(restored.workdir),
+                       evaluation.probabilities, members, workdir_lib.read_history(restored.workdir),
                        extra_figures)
 
 

@@ -19,13 +19,12 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import tempfile
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
 from fmnist_jax.errors import CheckpointError
+from fmnist_jax.files import sync, write_atomically
 
 log = logging.getLogger(__name__)
 MANIFEST = "manifest.json"
@@ -47,33 +46,8 @@ def digest(path: Path) -> str:
     return sha.hexdigest()
 
 
-def sync(path: Path) -> None:
-    """Flushes the file or folder `path` to disk."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _held_files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.rglob("*") if p.is_file() and p.name != MANIFEST)
-
-
-def write_atomically(path: Path, content: bytes) -> None:
-    """`content` in `path`, written beside it, flushed to disk and renamed: never half-written."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        os.fchmod(fd, 0o644)  # as an ordinary file, not mkstemp's 0o600
-        with os.fdopen(fd, "wb") as f:
-            f.write(content)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    sync(path.parent)
 
 
 def record(folder: str | Path, paths: Iterable[str | Path] | None = None) -> Path:

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
-from fmnist_jax import integrity, portable
+from fmnist_jax import files, portable
 from fmnist_jax.errors import UserError
 
 if TYPE_CHECKING:
@@ -82,7 +82,7 @@ def write(restored: Restored, folder: str | Path) -> list[Path]:
                     restored.meta["model"], type(e).__name__, reason[:200])
         path.unlink(missing_ok=True)
         return []
-    integrity.write_atomically(path, content)
+    files.write_atomically(path, content)
     return [path]
 
 

@@ -35,7 +35,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fmnist_jax import integrity, portable
+from fmnist_jax import files, integrity, portable
 
 if TYPE_CHECKING:
     from fmnist_jax.evaluation import Restored
@@ -202,9 +202,9 @@ def write(restored: Restored, folder: str | Path) -> list[Path]:
     exported = jax.export.export(function, platforms=portable.PLATFORMS)(spec)
     paths = [folder / MODEL_FILE, folder / PARAMETERS_FILE]
     # pylint: disable-next=protected-access
-    integrity.write_atomically(paths[0], bytes(exported.serialize()))
+    files.write_atomically(paths[0], bytes(exported.serialize()))
     # pylint: disable-next=protected-access
-    integrity.write_atomically(paths[1], (json.dumps(parameters, indent=2) + "\n").encode())
+    files.write_atomically(paths[1], (json.dumps(parameters, indent=2) + "\n").encode())
     return paths
 
 

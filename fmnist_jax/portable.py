@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fmnist_jax import integrity
+from fmnist_jax import files, integrity
 from fmnist_jax.errors import CheckpointError
 
 if TYPE_CHECKING:
@@ -97,9 +97,8 @@ def write(restored: Restored, folder: str | Path) -> list[Path]:
     folder = Path(folder)
     paths = [folder / MODEL_FILE, folder / METADATA_FILE]
     serialized = export(restored).serialize()
-    integrity.write_atomically(paths[0], bytes(serialized))
-    integrity.write_atomically(paths[1],
-                               (json.dumps(metadata(restored), indent=2) + "\n").encode())
+    files.write_atomically(paths[0], bytes(serialized))
+    files.write_atomically(paths[1], (json.dumps(metadata(restored), indent=2) + "\n").encode())
     return paths
 
 

@@ -25,8 +25,9 @@ from typing import Any
 import jax
 import numpy as np
 
-from fmnist_jax import (calibration, evaluation, integrity, locking, metrics, onnx_export, ood,
-                        portable, run, sweep)
+from fmnist_jax import (calibration, evaluation, files, integrity, locking, metrics, onnx_export,
+                        ood, portable, sweep)
+from fmnist_jax import workdir as workdir_lib
 from fmnist_jax.checkpointing import Checkpoints
 from fmnist_jax.errors import UserError
 
@@ -135,7 +136,7 @@ def _member_config(restored: evaluation.Restored, index: int | None, seeds: list
     config = restored.meta["config"]
     if sweep.is_sweep(restored.config):
         setting = sweep.member_settings(restored.config)[index]
-        return run.config_to_json(sweep.setting_config(restored.config, setting, seeds[0]))
+        return workdir_lib.config_to_json(sweep.setting_config(restored.config, setting, seeds[0]))
     return dict(config, seed=seeds[0], num_seeds=len(seeds))
 
 
@@ -274,7 +275,7 @@ def _replace(staging: Path, out: Path) -> None:
     previous = _previous(out)
     shutil.rmtree(previous, ignore_errors=True)  # a release that an earlier export replaced
     if out.exists() and _exchange(staging, out):
-        integrity.sync(out.parent)
+        files.sync(out.parent)
         return  # the old release is in `staging` now, which the caller removes
     if out.exists():
         out.rename(previous)
@@ -284,7 +285,7 @@ def _replace(staging: Path, out: Path) -> None:
         if previous.exists():
             previous.rename(out)
         raise
-    integrity.sync(out.parent)
+    files.sync(out.parent)
     shutil.rmtree(previous, ignore_errors=True)
 
 

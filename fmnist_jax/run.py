@@ -1,4 +1,4 @@
-"""A training run: data, model and state, the epoch loop, checkpoints, logs and the final summary.
+"""A training run: the epoch loop (`Trainer`), checkpoints and logs, and the final summary.
 
 The workdir holds `config.json` (the resolved config, written at start), `metrics.jsonl` (one line
 per epoch; `tensorboard/` the same as event files), `checkpoints/` (orbax) and, at the end,
@@ -8,16 +8,11 @@ where an uninterrupted run would.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import functools
 import json
-import os
-import platform
 import shlex
-import shutil
 import signal
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -28,147 +23,20 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import optax
 import tqdm
 
 from fmnist_jax import config as config_lib
 from fmnist_jax import data, locking, metrics, optim, plots, report, sharding, sweep, tensorboard
 from fmnist_jax import train as train_lib
 from fmnist_jax.checkpointing import Checkpoints
-from fmnist_jax.errors import (CheckpointError, ConfigError, DamagedRun, TrainingDiverged,
-                               UserError)
-from fmnist_jax.models import create_model, param_count
+from fmnist_jax.components import Components, build, check_memory, initial_states, seeds_of
+from fmnist_jax.errors import CheckpointError, ConfigError, TrainingDiverged
+from fmnist_jax.models import param_count
+from fmnist_jax.workdir import (check_resumable, config_to_json, ensure_space, ensure_writable,
+                                environment, read_history, removed_if_left_empty,
+                                truncate_metrics)
 
-# Fields a resumed run may change (any other change is refused): the length, where the data is read
-# from, and implementation choices that compute the same function (a model field the stored config
-# predates reads as None).
-RESUMABLE_CHANGES = ("epochs", "data.dir", "checkpoints_to_keep", "epoch_mode", "scan_unroll",
-                     "model.conv_impl", "model.pool_impl", "member_strategy")
 PROGRESS_EVERY = 25  # steps between reads of the running loss for the progress bar
-
-
-@dataclasses.dataclass(frozen=True)
-class Components:
-    """What the config builds before any data is touched."""
-
-    model: Any
-    schedule: optax.Schedule
-    tx: optax.GradientTransformation
-    plateau: optax.GradientTransformationExtraArgs
-
-
-def build(config: ml_collections.ConfigDict, num_train: int) -> Components:
-    steps_per_epoch = num_train // config.batch_size
-    per_member = sweep.per_member_optimizer(config)  # then the schedule is a unit one
-    schedule = optim.make_schedule(config, steps_per_epoch, unit=per_member)
-    return Components(create_model(config.model, config.compute_dtype), schedule,
-                      optim.make_optimizer(config, schedule, per_member), optim.make_plateau(config))
-
-
-def seeds_of(config: ml_collections.ConfigDict) -> list[int]:
-    """The seed of every member: SEED..SEED+N-1, for each setting of a sweep (sweep.py)."""
-    return sweep.member_seeds(config)
-
-
-def initial_states(config: ml_collections.ConfigDict, parts: Components) -> train_lib.TrainState:
-    keys = train_lib.stacked_keys(seeds_of(config))
-    optimizer_hparams, step_hparams = sweep.member_hparams(config)
-    states = jax.jit(lambda k: train_lib.create_states(
-        parts.model, parts.tx, parts.plateau, k, sweep.keeps_moving_average(config),
-        optimizer_hparams, step_hparams))(keys["init"])
-    # jit may hand one buffer to equal outputs (params and best_params); donation needs distinct ones.
-    return jax.tree.map(lambda x: x.copy(), states)
-
-
-def source_commit(root: Path | None = None) -> tuple[str | None, str]:
-    """The git commit of the code (with '+dirty' when it has uncommitted changes) and how it was
-    found; the commit is None unless the project's root is itself the top of a git work tree (a
-    copy of the project inside another repository's folder must not record that repository's)."""
-    root = (root or config_lib.CONFIG_DIR.parent).resolve()
-    git = functools.partial(subprocess.run, cwd=root, capture_output=True, text=True, timeout=10,
-                            check=True)
-    try:
-        top = git(["git", "rev-parse", "--show-toplevel"]).stdout.strip()
-        if Path(top).resolve() != root:
-            return None, f"{root} is not a git checkout of its own (it lies inside {top})"
-        commit = git(["git", "rev-parse", "HEAD"]).stdout.strip()
-        dirty = git(["git", "status", "--porcelain", "--untracked-files=no"]).stdout
-    except (OSError, subprocess.SubprocessError):
-        return None, f"{root} is not a git checkout (or git is not installed)"
-    return commit + ("+dirty" if dirty.strip() else ""), f"git HEAD of {root}"
-
-
-def device_description() -> str:
-    """The device kind and count; for a CPU, its model and the cores this process may use."""
-    device = jax.devices()[0]
-    if device.platform != "cpu":
-        return f"{jax.device_count()} x {device.device_kind} ({device.platform})"
-    name = platform.processor() or "CPU"
-    try:
-        with open("/proc/cpuinfo") as f:
-            name = next(l.split(":", 1)[1].strip() for l in f if l.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    cores = len(os.sched_getaffinity(0))
-    return f"{name}, {cores} core{'s' if cores > 1 else ''} (cpu)"
-
-
-def environment() -> dict[str, Any]:
-    """The device, library versions and code commit, stored with every claim a run makes."""
-    import flax  # pylint: disable=import-outside-toplevel
-    import orbax.checkpoint  # pylint: disable=import-outside-toplevel
-    device = jax.devices()[0]
-    commit, commit_note = source_commit()
-    return {"platform": device.platform, "device_kind": device.device_kind,
-            "device_count": jax.device_count(), "process_count": jax.process_count(),
-            "device": device_description(), "commit": commit, "commit_note": commit_note,
-            "versions": {"jax": jax.__version__, "jaxlib": jax.lib.__version__,
-                         "flax": flax.__version__, "optax": optax.__version__,
-                         "orbax-checkpoint": orbax.checkpoint.__version__,
-                         "numpy": np.__version__, "python": sys.version.split()[0]}}
-
-
-def config_to_json(config: ml_collections.ConfigDict) -> dict[str, Any]:
-    return json.loads(config.to_json())
-
-
-def ensure_writable(workdir: Path) -> None:
-    """Creates the workdir and writes a probe, so a bad path fails before any training."""
-    probe = workdir / ".write-probe"
-    try:
-        workdir.mkdir(parents=True, exist_ok=True)
-        probe.write_bytes(b"\0" * (1 << 20))
-    except OSError as e:
-        raise UserError(f"workdir {workdir} is not writable ({e.strerror}); "
-                        f"choose another --workdir or free some space") from None
-    finally:
-        with contextlib.suppress(OSError):
-            probe.unlink(missing_ok=True)
-
-
-def ensure_space(workdir: Path, states, count: int) -> None:
-    """Fails now if the disk cannot take `count` more checkpoints of `states` (at least one)."""
-    needed = max(count, 1) * sum(x.nbytes for x in jax.tree.leaves(states))
-    free = shutil.disk_usage(workdir).free
-    if free < needed:
-        raise UserError(f"workdir {workdir} has {free / 2**20:.1f} MiB free but its checkpoints need "
-                        f"{needed / 2**20:.1f} MiB; free some space or choose another --workdir")
-
-
-def check_resumable(stored: dict[str, Any], config: ml_collections.ConfigDict,
-                    workdir: Path) -> None:
-    """Refuses to resume a checkpoint of another model or config, naming the difference."""
-    old = config_lib.flatten(ml_collections.ConfigDict(config_lib.with_defaults(stored)))
-    new = config_lib.flatten(ml_collections.ConfigDict(config_to_json(config)))
-    if old.get("model.name") != new["model.name"]:
-        raise CheckpointError(
-            f"workdir {workdir} holds a checkpoint of model {old.get('model.name')!r}, not "
-            f"{new['model.name']!r}; use another --workdir")
-    changed = [f"{k} ({old.get(k)!r} -> {new.get(k)!r})" for k in sorted(set(old) | set(new))
-               if k not in RESUMABLE_CHANGES and old.get(k) != new.get(k)]
-    if changed:
-        raise CheckpointError(f"workdir {workdir} was trained with another config: "
-                              f"{'; '.join(changed)}; use another --workdir or the same settings")
 
 
 class Interrupt:
@@ -228,22 +96,6 @@ def epoch_record(epoch: int, train: dict, val: dict, lr: np.ndarray, active: np.
     record.update({"active_members": int(active.sum()), "seconds": seconds,
                    "train_seconds": train_seconds, "images_per_second": images / train_seconds})
     return record
-
-
-def _truncate_metrics(workdir: Path, completed_epochs: int) -> None:
-    """Drops lines of epochs after the checkpoint a resumed run starts from (atomically); refuses a
-    history that lacks some of the checkpoint's epochs."""
-    path = workdir / "metrics.jsonl"
-    if not sharding.is_primary():
-        return
-    kept = [r for r in read_history(workdir) if r["epoch"] <= completed_epochs]
-    if len(kept) < completed_epochs:
-        raise DamagedRun(f"{path} holds {len(kept)} epoch(s) but the checkpoint has "
-                         f"{completed_epochs}; restore the file from a copy, or train again "
-                         f"in a new --workdir")
-    if path.exists():
-        path.with_suffix(".tmp").write_text("".join(json.dumps(r) + "\n" for r in kept))
-        path.with_suffix(".tmp").replace(path)
 
 
 def _format_epoch(r: dict[str, Any], epochs: int) -> str:
@@ -391,20 +243,6 @@ def _print(quiet: bool, *args) -> None:
         print(*args, flush=True)
 
 
-@contextlib.contextmanager
-def _removed_if_left_empty(workdir: Path) -> Iterator[None]:
-    """Removes `workdir` when the run made it and stopped before writing anything in it (a refused
-    config or too little memory), so a refused run leaves nothing behind."""
-    existed = workdir.exists()
-    try:
-        yield
-    except BaseException:
-        if not existed:
-            with contextlib.suppress(OSError):
-                workdir.rmdir()  # only ever an empty folder
-        raise
-
-
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path, *,
                        quiet: bool = False, command: str = "", mesh: str = "") -> dict[str, Any]:
     """Trains (or resumes) the run in `workdir`, then tests its best parameters; the summary.
@@ -414,32 +252,27 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path, *
     made here and left empty by a failure is removed. One run at a time writes a workdir
     (`locking.py`): a second is refused.
     """
-    with _removed_if_left_empty(Path(workdir)):
-        return _checked_and_locked(config, Path(workdir), quiet, command, mesh)
-
-
-def _checked_and_locked(config: ml_collections.ConfigDict, workdir: Path, quiet: bool,
-                        command: str, mesh: str) -> dict[str, Any]:
-    config_lib.validate(config)
-    num_members = len(seeds_of(config))
-    layout = sharding.make_layout(mesh, num_members)
-    layout.check(config.batch_size, num_members)
-    ensure_writable(workdir)
-    with locking.exclusive(workdir, enabled=sharding.is_primary()):
-        return _train_and_evaluate(config, workdir, layout, quiet or not sharding.is_primary(),
-                                   command)
+    workdir = Path(workdir)
+    with removed_if_left_empty(workdir):
+        config_lib.validate(config)
+        num_members = len(seeds_of(config))
+        layout = sharding.make_layout(mesh, num_members)
+        layout.check(config.batch_size, num_members)
+        ensure_writable(workdir)
+        with locking.exclusive(workdir, enabled=sharding.is_primary()):
+            return _train_and_evaluate(config, workdir, layout,
+                                       quiet or not sharding.is_primary(), command)
 
 
 def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: Path,
                         layout: sharding.Layout, quiet: bool, command: str) -> dict[str, Any]:
     num_members = len(seeds_of(config))
-    dataset = data.load(config.data.dir or None, config.data.val_fraction, config.data.split_seed,
-                        config.data.train_limit)
+    dataset = data.load_for_config(config)
     if config.batch_size > len(dataset.train):
         raise ConfigError(f"batch size {config.batch_size} exceeds the {len(dataset.train)} "
                           f"training images; lower --batch-size")
     parts = build(config, len(dataset.train))
-    memory = _check_memory(config, parts, dataset, layout)
+    memory = check_memory(config, parts, dataset, layout)
     states = initial_states(config, parts)
     num_params = param_count(jax.tree.map(lambda x: x[0], states.params))
     states = layout.put_members(states)
@@ -475,22 +308,9 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: Path,
     return _finish(trainer, states, meta, workdir, quiet)
 
 
-def _check_memory(config, parts: Components, dataset: data.Dataset,
-                  layout: sharding.Layout) -> str:
-    """`sweep.check_memory` for this run's members, from shapes only (nothing is allocated)."""
-    abstract = jax.eval_shape(lambda: initial_states(config, parts))
-    device = layout.mesh.devices.flat[0]
-    members, batch = len(seeds_of(config)), config.batch_size
-    if device.platform != "cpu":  # a CPU's devices share the host's memory: count them all
-        members, batch = -(-members // layout.seeds_size), layout.per_device_batch(batch)
-    data_bytes = sum(part.images.nbytes + part.labels.nbytes
-                     for part in (dataset.train, dataset.val, dataset.test))
-    return sweep.check_memory(abstract, parts.model, batch, data_bytes, members, device)
-
-
 def _resume(ckpts: Checkpoints, config, workdir: Path, states, quiet: bool):
     if not ckpts.steps():
-        _truncate_metrics(workdir, 0)  # lines of a run killed before its first checkpoint
+        truncate_metrics(workdir, 0)  # lines of a run killed before its first checkpoint
         return states, Position()
 
     def template_for(stored: dict[str, Any]):
@@ -503,7 +323,7 @@ def _resume(ckpts: Checkpoints, config, workdir: Path, states, quiet: bool):
 
     step, states, stored = ckpts.restore(template_for)
     position = Position(**stored["position"])
-    _truncate_metrics(workdir, position.epoch)
+    truncate_metrics(workdir, position.epoch)
     _print(quiet, f"resumed from checkpoint step {step}: epoch {position.epoch}, "
                   f"step {position.step_in_epoch} of the next")
     return states, position
@@ -563,46 +383,6 @@ def _saved_and_how_to_resume(step: int, meta: dict[str, Any], workdir: Path) -> 
         command += f" --workdir={shlex.quote(str(workdir))}"
     return (f"saved checkpoint step {step} in {workdir}; resume with: {command}" if command else
             f"saved checkpoint step {step} in {workdir}; resume by training in the same workdir")
-
-
-# What every line of metrics.jsonl holds (the readers sum and average these).
-HISTORY_FIELDS = ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "seconds",
-                  "train_seconds", "images_per_second")
-
-
-def _history_problem(record: Any, epoch: int) -> str | None:
-    """Why `record` cannot be line `epoch` of metrics.jsonl (None: it can)."""
-    if not isinstance(record, dict):
-        return f"a JSON {type(record).__name__}, not a record of an epoch"
-    if record.get("epoch") != epoch or isinstance(record.get("epoch"), bool):
-        return f"epoch {record.get('epoch')!r} where epoch {epoch} belongs"
-    wrong = [name for name in HISTORY_FIELDS if isinstance(record.get(name), bool)
-             or not isinstance(record.get(name), (int, float))]
-    return f"no number in {', '.join(wrong)}" if wrong else None
-
-
-def read_history(workdir: Path) -> list[dict[str, Any]]:
-    """The records of metrics.jsonl, one per completed epoch (1, 2, ...). A last line cut short by
-    a kill (no newline) is dropped; any other line that is not an epoch's record stops the run
-    with `DamagedRun`, naming the file and line, rather than losing that epoch's history."""
-    path = Path(workdir) / "metrics.jsonl"
-    lines = path.read_text().split("\n") if path.exists() else []
-    records = []
-    for number, line in enumerate(lines, 1):
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as e:
-            if number == len(lines):  # after the last newline: empty, or cut short by a kill
-                break
-            record, problem = None, f"not JSON ({e.msg})"
-        else:
-            problem = _history_problem(record, number)
-        if problem:
-            raise DamagedRun(f"{path} line {number} is damaged: {problem}; restore the file from "
-                             f"a copy, or train again in a new --workdir (the history of its "
-                             f"epochs cannot be rebuilt from the checkpoints)")
-        records.append(record)
-    return records
 
 
 def _finish(trainer: Trainer, states, meta, workdir: Path, quiet: bool) -> dict:

@@ -10,6 +10,7 @@ embedded through member 0.
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import sys
 from collections.abc import Sequence
@@ -20,7 +21,7 @@ import flax.linen as nn
 import jax
 import numpy as np
 
-from fmnist_jax import data, evaluation, locking, plots
+from fmnist_jax import data, evaluation, files, locking, plots
 from fmnist_jax import train as train_lib
 from fmnist_jax.errors import UserError
 
@@ -69,9 +70,7 @@ def embed(restored: Restored, images: np.ndarray, member: int = 0) -> np.ndarray
 
 def training_split(restored: Restored) -> data.Split:
     """The training split exactly as the run drew it."""
-    config = restored.config
-    return data.load(config.data.dir or None, config.data.val_fraction, config.data.split_seed,
-                     config.data.train_limit).train
+    return data.load_for_config(restored.config).train
 
 
 def cached_training_embeddings(restored: Restored, cache_dir: Path | None = None,
@@ -94,9 +93,9 @@ def cached_training_embeddings(restored: Restored, cache_dir: Path | None = None
     with locking.exclusive(cache_dir):  # one process at a time writes the cache
         embeddings = embed(restored, train.images)
         cache_dir.mkdir(parents=True, exist_ok=True)
-        temporary = cache_dir / "train.tmp.npy"
-        np.save(temporary, embeddings)
-        temporary.replace(array)  # never a half-written cache
+        buffer = io.BytesIO()
+        np.save(buffer, embeddings)
+        files.write_atomically(array, buffer.getvalue())  # never a half-written cache
         record.write_text(json.dumps(key) + "\n")
     return embeddings, train
 

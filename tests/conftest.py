@@ -1,18 +1,19 @@
-"""Shared fixtures: tiny synthetic datasets and the path of the real one."""
+"""Shared fixtures: tiny synthetic datasets, the path of the real one, and tiny trained workdirs."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
+import functools
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+import subprocess_runs
 from fmnist_jax import data, idx
 
 ROOT = Path(__file__).resolve().parent.parent
+PRETRAINED = ROOT / "checkpoints" / "pretrained"  # the shipped releases: read only
 
 
 def synthetic_split(n: int, seed: int = 0) -> data.Split:
@@ -50,8 +51,24 @@ def real_data_dir() -> Path:
     return data.DEBIAN_DIR
 
 
-def run_script(name: str, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    """Runs `scripts/<name>.py` in a subprocess and returns its completed process."""
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    return subprocess.run([sys.executable, str(ROOT / "scripts" / f"{name}.py"), *args],
-                          capture_output=True, text=True, timeout=timeout, env=env, cwd=ROOT)
+@pytest.fixture(scope="session")
+def tiny_workdir(tmp_path_factory, real_data_dir) -> Callable[[int], Path]:
+    """`tiny_workdir(seeds)`: the mlp workdir of one epoch of `SMALL_RUN` with that many seeds,
+    trained once per session (per xdist worker) for every end-to-end test that reads one. Tests
+    may add evaluations or a portable model to it; one that changes or snapshots it copies it."""
+    root = tmp_path_factory.mktemp("tiny")
+
+    @functools.cache
+    def trained(seeds: int = 1) -> Path:
+        workdir = root / f"mlp-{seeds}"
+        result = subprocess_runs.run("train", *subprocess_runs.SMALL_RUN, "--epochs=1",
+                                     f"--seeds={seeds}", f"--workdir={workdir}", "--quiet")
+        assert result.returncode == 0, result.stderr[-3000:]
+        return workdir
+    return trained
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """Before the test's fixtures are set up: whether it (and they) may run scripts."""
+    subprocess_runs.E2E_ALLOWED = item.get_closest_marker("e2e") is not None

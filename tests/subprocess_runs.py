@@ -7,7 +7,6 @@ import contextlib
 import io
 import json
 import os
-import runpy
 import socket
 import subprocess
 import sys
@@ -22,7 +21,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from fmnist_jax import cli
+from fmnist_jax import commands
 
 ROOT = Path(__file__).resolve().parent.parent
 FAULTS = ROOT / "tests" / "fault_injection.py"
@@ -33,10 +32,14 @@ STEPS_PER_EPOCH = 16
 TIMING_FIELDS = ("seconds", "train_seconds", "images_per_second")
 # Reruns skip compilation; safe for bitwise comparisons, since a cached program is the same program.
 COMPILATION_CACHE = ROOT / ".pytest_cache" / "jax-compilation-cache"
+# Whether the test being set up is marked e2e (conftest.py sets it): only those may run scripts,
+# so that `pytest -m "not e2e"` stays fast.
+E2E_ALLOWED = True
 
 
 def command(script: str, *args: str, fault: str | None = None) -> list[str]:
     """The command line of `scripts/<script>.py ARGS`, run through the fault injector if `fault`."""
+    assert E2E_ALLOWED, f"a test that runs scripts/{script}.py must be marked @pytest.mark.e2e"
     path = str(ROOT / "scripts" / f"{script}.py")
     prefix = [str(FAULTS), fault] if fault else []
     return [sys.executable, *prefix, path, *args]
@@ -55,12 +58,11 @@ def run_main(script: str, *args: str) -> subprocess.CompletedProcess:
     For flag and config errors, which fail before anything is imported that logs: as faithful as a
     subprocess, and a second faster.
     """
-    namespace = runpy.run_path(str(ROOT / "scripts" / f"{script}.py"), run_name="in_process")
     stdout, stderr = io.StringIO(), io.StringIO()
     code = 0
     with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
         try:
-            cli.main_guard(namespace["main"], list(args))
+            commands.run(script, list(args))
         except SystemExit as e:
             code = e.code
     return subprocess.CompletedProcess(list(args), code, stdout.getvalue(), stderr.getvalue())
@@ -164,8 +166,9 @@ def _manager(workdir: Path) -> ocp.CheckpointManager:
 
 
 def script_env(**extra: str) -> dict[str, str]:
-    """The scripts' environment: CPU only, and the shared compilation cache."""
-    return {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONUNBUFFERED": "1",
+    """The scripts' environment: CPU only, the shared compilation cache, and this checkout's
+    fmnist_jax (the scripts do not patch sys.path; an installed copy must not be tested instead)."""
+    return {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(ROOT),
             "JAX_COMPILATION_CACHE_DIR": str(COMPILATION_CACHE),
             "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0", **extra}
 

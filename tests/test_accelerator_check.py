@@ -9,7 +9,7 @@ import pytest
 
 from fmnist_jax import accelerator_check
 
-from conftest import run_script
+from subprocess_runs import run as run_script
 
 TINY = ["--train-images=256", "--min-epochs=1", "--min-seconds=0", "--eval-repeats=1"]
 

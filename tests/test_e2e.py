@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from conftest import run_script
+from subprocess_runs import run as run_script
 
 pytestmark = pytest.mark.e2e
 # A constant learning rate: a schedule over the run's epochs would change when --epochs grows.

@@ -9,13 +9,11 @@ import types
 import numpy as np
 import pytest
 
+from conftest import PRETRAINED
 from fmnist_jax import ensemble
-from fmnist_jax.config import CONFIG_DIR
 from fmnist_jax.errors import UserError
 from subprocess_runs import run, run_main
 from test_evaluate import read_predictions
-
-PRETRAINED = CONFIG_DIR.parent / "checkpoints" / "pretrained"
 
 
 def test_fitted_weights_favour_the_informative_part():

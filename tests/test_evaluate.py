@@ -19,12 +19,9 @@ import pytest
 from PIL import Image
 
 from fmnist_jax import calibration, comparison, data, evaluation, images, metrics
-from fmnist_jax.config import CONFIG_DIR
 from fmnist_jax.errors import CheckpointError, UserError
 from subprocess_runs import ROOT, one_line_error, run
 
-TRAIN = ("--model=mlp", "--epochs=1", "--train-limit=512", "--config.data.val_fraction=0.05",
-         "--quiet")
 FIGURES = ("confusion_matrix.png", "confusion_matrix_normalized.png", "per_class_f1.png",
            "training_curves.png", "worst_mistakes.png", "probabilities.png")
 
@@ -35,13 +32,9 @@ def _ok(result):
 
 
 @pytest.fixture(scope="session")
-def workdirs(tmp_path_factory, real_data_dir) -> dict[str, Path]:
-    """One single-seed and one two-seed mlp workdir, trained briefly on a slice of the real data."""
-    root = tmp_path_factory.mktemp("eval")
-    dirs = {"single": root / "mlp", "pair": root / "mlp2"}
-    _ok(run("train", *TRAIN, f"--workdir={dirs['single']}"))
-    _ok(run("train", *TRAIN, "--seeds=2", f"--workdir={dirs['pair']}"))
-    return dirs
+def workdirs(tiny_workdir) -> dict[str, Path]:
+    """The shared single-seed and two-seed mlp workdirs."""
+    return {"single": tiny_workdir(1), "pair": tiny_workdir(2)}
 
 
 @pytest.fixture(scope="session")
@@ -380,7 +373,7 @@ def test_predict_refuses_a_decompression_bomb_and_classifies_the_other_files(sam
     bombs = [tmp_path / "bomb.png", tmp_path / "large.png"]
     bombs[0].write_bytes(bomb_png(100_000, 100_000))
     bombs[1].write_bytes(bomb_png(7_000, 7_000))
-    release = CONFIG_DIR.parent / "checkpoints" / "pretrained" / "mlp"
+    release = ROOT / "checkpoints" / "pretrained" / "mlp"
     result = run("predict", f"--workdir={release}", str(bombs[0]), str(good), str(bombs[1]))
     assert result.returncode == 2, result.stderr
     assert result.stdout.startswith(f"{good}: ") and len(result.stdout.splitlines()) == 1

@@ -9,8 +9,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from conftest import PRETRAINED
 from fmnist_jax import data, evaluation, explain
-from fmnist_jax.config import CONFIG_DIR
 from fmnist_jax.models import create_model
 from fmnist_jax.train import normalize
 from subprocess_runs import run
@@ -21,7 +21,6 @@ TINY = {
     "lstm": {"name": "lstm", "hidden": (8,)},
     "resnet": {"name": "resnet", "stage_features": (4, 8), "blocks_per_stage": 1},
 }
-PRETRAINED = CONFIG_DIR.parent / "checkpoints" / "pretrained"
 
 
 def tiny_explainer(name: str, seed: int = 0) -> explain.Explainer:

@@ -16,12 +16,11 @@ import numpy as np
 import pytest
 
 import subprocess_runs as runs
+from conftest import PRETRAINED, ROOT
 from fmnist_jax import comparison, integrity, metrics, portable, serving
-from fmnist_jax.config import CONFIG_DIR
 from fmnist_jax.errors import DamagedModel
 
-PRETRAINED = CONFIG_DIR.parent / "checkpoints" / "pretrained"
-IMAGE = str(CONFIG_DIR.parent / "docs" / "images" / "compare_f1.png")
+IMAGE = str(ROOT / "docs" / "images" / "compare_f1.png")
 
 
 def flip_byte(path: Path, fraction: float = 0.9) -> None:

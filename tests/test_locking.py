@@ -17,10 +17,9 @@ from pathlib import Path
 import pytest
 
 import subprocess_runs as runs
+from conftest import PRETRAINED, ROOT
 from fmnist_jax import integrity, locking, release
-from fmnist_jax.config import CONFIG_DIR
 
-PRETRAINED = CONFIG_DIR.parent / "checkpoints" / "pretrained"
 
 
 def holder_line(folder: Path, pid: int) -> str:

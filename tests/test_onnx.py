@@ -18,15 +18,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from conftest import PRETRAINED
 from fmnist_jax import data, evaluation, onnx_export, portable, runtime
-from fmnist_jax.config import CONFIG_DIR
 from fmnist_jax.errors import UserError
 from fmnist_jax.models import create_model
-from conftest import run_script
-from subprocess_runs import serving
+
+from subprocess_runs import run, serving
 from test_serving import png
 
-PRETRAINED = CONFIG_DIR.parent / "checkpoints" / "pretrained"
 RELEASES = ("mlp", "cnn", "cnn_deep", "lstm")
 ATOL = 1e-4
 
@@ -159,7 +158,7 @@ def exported_release(tmp_path_factory) -> tuple[Path, str]:
     """A copy of the lstm release whose exported models scripts/export.py wrote again; the
     paths it printed."""
     out = _bare_copy(tmp_path_factory.mktemp("onnx"))
-    result = run_script("export", f"--workdir={out}", "--portable-only")
+    result = run("export", f"--workdir={out}", "--portable-only")
     assert result.returncode == 0, result.stderr
     return out, result.stdout
 
@@ -230,7 +229,7 @@ def test_predict_with_the_onnx_runtime_matches_jax(tmp_path, test_split):
         files[-1].write_bytes(png(test_split.images[i]))
     outputs = {}
     for name in runtime.RUNTIMES:
-        result = run_script("predict", f"--workdir={release_dir}", f"--runtime={name}",
+        result = run("predict", f"--workdir={release_dir}", f"--runtime={name}",
                             "--json", "--top=2", *map(str, files))
         assert result.returncode == 0, result.stderr
         outputs[name] = json.loads(result.stdout)
@@ -238,6 +237,6 @@ def test_predict_with_the_onnx_runtime_matches_jax(tmp_path, test_split):
         assert [t["class"] for t in jax_result["top"]] == [t["class"] for t in onnx_result["top"]]
         chex.assert_trees_all_close(jax_result["top"][0]["probability"],
                                     onnx_result["top"][0]["probability"], atol=ATOL)
-    refused = run_script("predict", f"--workdir={release_dir}", "--runtime=onnx",
+    refused = run("predict", f"--workdir={release_dir}", "--runtime=onnx",
                          f"--explain={tmp_path}", str(files[0]))
     assert refused.returncode == 2 and "needs the jax runtime" in refused.stderr

@@ -14,11 +14,11 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
+from conftest import PRETRAINED
 from fmnist_jax import data, evaluation, ood
-from fmnist_jax.config import CONFIG_DIR
 from subprocess_runs import run
 
-RELEASE = CONFIG_DIR.parent / "checkpoints" / "pretrained" / "lstm"  # the smallest release
+RELEASE = PRETRAINED / "lstm"  # the smallest release
 
 
 @pytest.fixture(scope="module")

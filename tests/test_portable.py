@@ -16,12 +16,11 @@ import jax
 import numpy as np
 import pytest
 
+from conftest import ROOT
 from fmnist_jax import data, evaluation, integrity, portable
-from fmnist_jax.config import CONFIG_DIR
 from fmnist_jax.errors import CheckpointError
-from subprocess_runs import SMALL_RUN, run
+from subprocess_runs import run
 
-ROOT = CONFIG_DIR.parent
 RELEASE = ROOT / "checkpoints" / "pretrained" / "lstm"  # the smallest shipped release
 
 
@@ -36,10 +35,9 @@ def test_images(real_data_dir) -> data.Split:
 
 
 @pytest.fixture(scope="module")
-def ensemble_workdir(tmp_path_factory, real_data_dir) -> Path:
-    """A two-seed mlp trained briefly on a slice of the real data, with its portable model."""
-    workdir = tmp_path_factory.mktemp("portable") / "mlp2"
-    _ok(run("train", *SMALL_RUN, "--epochs=1", "--seeds=2", f"--workdir={workdir}", "--quiet"))
+def ensemble_workdir(tiny_workdir) -> Path:
+    """The shared two-seed mlp workdir, with its portable model."""
+    workdir = tiny_workdir(2)
     _ok(run("export", f"--workdir={workdir}", "--portable-only"))
     return workdir
 
@@ -105,6 +103,7 @@ LOAD_WITHOUT_FLAX = textwrap.dedent("""
 """)
 
 
+@pytest.mark.e2e
 def test_the_export_loads_and_runs_without_flax(tmp_path, test_images):
     release = shutil.copytree(RELEASE, tmp_path / "release")
     (release / "checkpoints").rename(tmp_path / "moved-away")  # the weights it must not need
@@ -114,7 +113,8 @@ def test_the_export_loads_and_runs_without_flax(tmp_path, test_images):
                              str(images_path)], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     out = json.loads(result.stdout)
-    assert out["modules"] == ["fmnist_jax", "fmnist_jax.errors", "fmnist_jax.integrity",
+    assert out["modules"] == ["fmnist_jax", "fmnist_jax.errors", "fmnist_jax.files",
+                              "fmnist_jax.integrity",
                               "fmnist_jax.portable"]
     expected = evaluation.load_workdir(RELEASE).probabilities(test_images.images[:3]).mean(0)
     chex.assert_trees_all_close(np.array(out["probabilities"]), expected, atol=2e-6)

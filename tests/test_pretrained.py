@@ -8,10 +8,9 @@ import json
 import numpy as np
 import pytest
 
+from conftest import PRETRAINED
 from fmnist_jax import data, evaluation, portable, release
-from fmnist_jax.config import CONFIG_DIR
 
-PRETRAINED = CONFIG_DIR.parent / "checkpoints" / "pretrained"
 SHIPPED = sorted(p for p in PRETRAINED.iterdir() if p.is_dir()) if PRETRAINED.is_dir() else []
 SIZE_LIMIT = 40 * 2**20  # all releases together (model.onnx and ood.jaxexport each hold the weights again)
 

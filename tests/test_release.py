@@ -11,10 +11,9 @@ import numpy as np
 import pytest
 
 import subprocess_runs as runs
-from fmnist_jax.config import CONFIG_DIR
+from conftest import PRETRAINED
 
 pytestmark = pytest.mark.e2e
-PRETRAINED = CONFIG_DIR.parent / "checkpoints" / "pretrained"
 
 
 def snapshot(folder: Path) -> dict[str, bytes]:
@@ -28,12 +27,11 @@ def export(workdir: Path, out: Path, *extra: str):
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory) -> Path:
-    """A finished training workdir (one small epoch of an mlp)."""
-    workdir = tmp_path_factory.mktemp("trained") / "run"
-    result = runs.run("train", *runs.SMALL_RUN, "--epochs=1", f"--workdir={workdir}")
-    assert result.returncode == 0, result.stderr[-3000:]
-    return workdir
+def trained(tiny_workdir, tmp_path_factory) -> Path:
+    """A finished training workdir (one small epoch of an mlp): the shared one as training left
+    it (without the evaluations other tests add to it), copied, since these tests snapshot it."""
+    return Path(shutil.copytree(tiny_workdir(1), tmp_path_factory.mktemp("trained") / "run",
+                                ignore=shutil.ignore_patterns("eval-*")))
 
 
 @pytest.fixture

@@ -18,13 +18,12 @@ import numpy as np
 import pytest
 
 import subprocess_runs as runs
+from conftest import PRETRAINED
 from fmnist_jax import integrity, run
-from fmnist_jax.config import CONFIG_DIR
 from fmnist_jax.errors import UserError
 
 pytestmark = pytest.mark.e2e
 LAST_STEP = 3 * runs.STEPS_PER_EPOCH
-PRETRAINED = CONFIG_DIR.parent / "checkpoints" / "pretrained"
 
 
 def train(workdir: Path, *extra: str, fault: str | None = None):

@@ -27,30 +27,20 @@ from selenium.webdriver.support.ui import WebDriverWait
 
 import subprocess_runs as runs
 
-from fmnist_jax import data, evaluation, ood, portable, runtime, serving
-from fmnist_jax.config import CONFIG_DIR
+from conftest import ROOT
+from fmnist_jax import data, ood, portable, runtime, serving
 from fmnist_jax.errors import UserError
 
-ROOT = CONFIG_DIR.parent
 RELEASE = ROOT / "checkpoints" / "pretrained" / "cnn"
 MAX_BATCH = 32  # compiles batch sizes 1, 8 and 32
 CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
 
 
 @pytest.fixture(scope="module")
-def release_with_detector(tmp_path_factory) -> Path:
-    """A copy of the cnn release with its out-of-distribution detector written by `ood.write`."""
-    copy = tmp_path_factory.mktemp("release") / "cnn"
-    shutil.copytree(RELEASE, copy)
-    assert ood.write(evaluation.for_setting(evaluation.load_workdir(copy)), copy)
-    return copy
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory, release_with_detector):
+def server(tmp_path_factory):
     """The server's base URL; one process for the whole module."""
     log = tmp_path_factory.mktemp("serve") / "serve.log"
-    with runs.serving(log, f"--workdir={release_with_detector}",
+    with runs.serving(log, f"--workdir={RELEASE}",
                       f"--max-batch={MAX_BATCH}") as (url, process):
         yield {"url": url, "process": process, "log": log}
 
@@ -85,6 +75,7 @@ def assert_matches(results: list[dict], probabilities: np.ndarray, class_names: 
         chex.assert_trees_all_close(result["top"][0]["probability"], float(p[best]), atol=1e-5)
 
 
+@pytest.mark.e2e
 def test_it_describes_itself(server):
     url = server["url"]
     assert httpx.get(f"{url}/healthz").json() == {"status": "ok"}
@@ -102,6 +93,7 @@ def test_it_describes_itself(server):
     assert httpx.get(url + examples[0]["url"]).headers["content-type"] == "image/png"
 
 
+@pytest.mark.e2e
 def test_one_image_uploaded_as_a_file(server, test_split, expected):
     response = httpx.post(f"{server['url']}/v1/classify",
                           files={"image": ("boot.png", png(test_split.images[0]), "image/png")})
@@ -113,6 +105,7 @@ def test_one_image_uploaded_as_a_file(server, test_split, expected):
     assert_matches([result], expected[:1], data.CLASS_NAMES)
 
 
+@pytest.mark.e2e
 def test_many_images_as_files_and_as_base64_json(server, test_split, expected):
     files = [("image", (f"{i}.png", png(x), "image/png"))
              for i, x in enumerate(test_split.images[:20])]
@@ -193,6 +186,7 @@ BAD_INPUTS = {
 
 
 @pytest.mark.parametrize("case", BAD_INPUTS, ids=str)
+@pytest.mark.e2e
 def test_a_bad_request_gets_a_clear_4xx_and_the_server_keeps_serving(server, test_split, case):
     status, message, request = BAD_INPUTS[case]
     good = png(test_split.images[0])
@@ -208,6 +202,7 @@ def test_a_bad_request_gets_a_clear_4xx_and_the_server_keeps_serving(server, tes
     assert after.status_code == 200 and server["process"].poll() is None
 
 
+@pytest.mark.e2e
 def test_concurrent_clients_are_batched_and_all_answered(server, test_split, expected):
     url, threads, per_thread = server["url"], 16, 4
     calls_before = metric(url, "fmnist_batch_images_count")
@@ -236,6 +231,7 @@ def test_concurrent_clients_are_batched_and_all_answered(server, test_split, exp
     assert 1 <= calls < threads * per_thread  # some requests shared a model call
 
 
+@pytest.mark.e2e
 def test_metrics_count_requests_and_nothing_compiled_after_warm_up(server):
     url = server["url"]
     assert metric(url, "fmnist_compilations_total") == 3  # the batch sizes 1, 8 and 32, at start
@@ -305,6 +301,7 @@ def test_the_web_page_in_a_headless_browser(server, test_split, tmp_path):
         browser.quit()
 
 
+@pytest.mark.e2e
 def test_sigterm_stops_it_cleanly(server):
     process = server["process"]
     process.send_signal(signal.SIGTERM)

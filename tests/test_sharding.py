@@ -99,6 +99,7 @@ def test_one_device_mesh_trains_bitwise_as_without_one(length):
     subprocess_runs.assert_bitwise_equal(with_mesh[1], without[1])
 
 
+@pytest.mark.e2e
 def test_eight_simulated_devices(tmp_path):
     """tests/multidevice_checks.py: data-parallel and seeds meshes against one device."""
     out = tmp_path / "checks.json"
@@ -125,6 +126,7 @@ def test_distributed_needs_a_workdir():
     assert "--distributed needs --workdir" in subprocess_runs.one_line_error(result, 2)
 
 
+@pytest.mark.e2e
 def test_distributed_without_coordinates_is_one_line(tmp_path):
     env = {k: "" for k in sharding.PROCESS_ENV}  # empty: unset, whatever this shell exports
     result = subprocess_runs.run("train", "--model=mlp", f"--workdir={tmp_path}", "--distributed",

@@ -8,13 +8,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from conftest import PRETRAINED
 from fmnist_jax import data, evaluation, similar
-from fmnist_jax.config import CONFIG_DIR
 from fmnist_jax.models import create_model
 from subprocess_runs import run
 from test_explain import TINY, random_images
-
-PRETRAINED = CONFIG_DIR.parent / "checkpoints" / "pretrained"
 
 
 @pytest.mark.parametrize("name", TINY)

@@ -16,15 +16,14 @@ def git(cwd: Path, *args: str) -> str:
 
 
 def copy_project(dest: Path) -> Path:
-    for folder in ("fmnist_jax", "configs"):
-        shutil.copytree(ROOT / folder, dest / folder,
-                        ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(ROOT / "fmnist_jax", dest / "fmnist_jax",
+                    ignore=shutil.ignore_patterns("__pycache__"))
     return dest
 
 
 def recorded_commit(project: Path) -> list[str]:
-    """`run.source_commit()` as the copy at `project` computes it, in a fresh process."""
-    code = "from fmnist_jax import run; print(*run.source_commit(), sep='\\n')"
+    """`workdir.source_commit()` as the copy at `project` computes it, in a fresh process."""
+    code = "from fmnist_jax import workdir; print(*workdir.source_commit(), sep='\\n')"
     done = subprocess.run([sys.executable, "-c", code], cwd=project, check=True,
                           capture_output=True, text=True, env={"PYTHONPATH": str(project),
                                                                "PATH": "/usr/bin:/bin"})
@@ -50,7 +49,7 @@ def test_a_checkout_of_its_own_records_its_head(tmp_path):
     git(project, "commit", "-qm", "project")
     head = git(project, "rev-parse", "HEAD")
     assert recorded_commit(project)[0] == head
-    (project / "configs" / "cnn.py").write_text("# edited\n")
+    (project / "fmnist_jax" / "configs" / "cnn.py").write_text("# edited\n")
     assert recorded_commit(project)[0] == head + "+dirty"
 
 

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 import subprocess_runs
-from conftest import synthetic_split
+from conftest import PRETRAINED, synthetic_split
 from fmnist_jax import config as config_lib
 from fmnist_jax import evaluation, run
 from fmnist_jax import train as train_lib
@@ -24,7 +24,7 @@ from subprocess_runs import SMALL_RUN
 
 IMAGES = jnp.asarray(synthetic_split(7).images)  # 7: not a whole number of evaluation batches
 MEAN, STD = 0.286, 0.353
-RELEASES = config_lib.CONFIG_DIR.parent / "checkpoints" / "pretrained"
+RELEASES = PRETRAINED
 
 
 def softmax_of(forward, images):
