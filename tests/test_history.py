@@ -10,12 +10,12 @@ from pathlib import Path
 import pytest
 
 import subprocess_runs as runs
-from fmnist_jax import run
+from fmnist_jax import workdir as workdir_lib
 from fmnist_jax.errors import DamagedRun
 
 
 def _record(epoch: int) -> dict:
-    return {"epoch": epoch, **{name: 0.5 for name in run.HISTORY_FIELDS}}
+    return {"epoch": epoch, **{name: 0.5 for name in workdir_lib.HISTORY_FIELDS}}
 
 
 def _write(workdir: Path, lines: list[str]) -> Path:
@@ -39,21 +39,21 @@ DAMAGED = {
 
 def test_a_whole_history_reads_back(tmp_path):
     _write(tmp_path, GOOD)
-    assert run.read_history(tmp_path) == [_record(1), _record(2), _record(3)]
+    assert workdir_lib.read_history(tmp_path) == [_record(1), _record(2), _record(3)]
 
 
 def test_a_last_line_cut_short_by_a_kill_is_dropped_and_a_complete_one_kept(tmp_path):
     (tmp_path / "metrics.jsonl").write_text(GOOD[0] + "\n" + GOOD[1][:20])
-    assert run.read_history(tmp_path) == [_record(1)]
+    assert workdir_lib.read_history(tmp_path) == [_record(1)]
     (tmp_path / "metrics.jsonl").write_text(GOOD[0] + "\n" + GOOD[1])
-    assert run.read_history(tmp_path) == [_record(1), _record(2)]
+    assert workdir_lib.read_history(tmp_path) == [_record(1), _record(2)]
 
 
 @pytest.mark.parametrize("kind", DAMAGED)
 def test_a_damaged_line_is_refused_naming_the_file_and_line(kind, tmp_path):
     path = _write(tmp_path, [GOOD[0], DAMAGED[kind], GOOD[2]])
     with pytest.raises(DamagedRun, match=f"^{path} line 2 is damaged: .*; restore the file"):
-        run.read_history(tmp_path)
+        workdir_lib.read_history(tmp_path)
     assert DamagedRun.exit_code == 3
 
 

@@ -60,14 +60,17 @@ def test_a_release_as_written_verifies(release):
 @pytest.mark.parametrize("name, damage, problem", [
     ("model.jaxexport", flip_byte, "differs from its SHA-256 in manifest.json"),
     ("model.json", lambda p: p.write_text(p.read_text().replace("Trouser", "Trousers")),
-     "has 544 bytes, not the 543 of manifest.json"),
+     "has {after} bytes, not the {before} of manifest.json"),
     ("summary.json", Path.unlink, "is missing (listed in manifest.json)"),
     ("checkpoints/16860/extra", lambda p: p.write_text("{}"), "is not in manifest.json"),
 ])
 def test_any_changed_file_is_refused_naming_it(release, name, damage, problem):
+    before = (release / name).stat().st_size if (release / name).exists() else None
     damage(release / name)
+    after = (release / name).stat().st_size if (release / name).exists() else None
     with pytest.raises(integrity.IntegrityError) as refused:
         integrity.verify(release)
+    problem = problem.format(before=before, after=after)
     assert str(refused.value).startswith(f"{release / name} {problem}: {release} is damaged")
     assert f"--out={release} --overwrite" in str(refused.value)
 

@@ -15,7 +15,7 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 from conftest import PRETRAINED
-from fmnist_jax import data, evaluation, ood
+from fmnist_jax import data, evaluation, integrity, ood
 from subprocess_runs import run
 
 RELEASE = PRETRAINED / "lstm"  # the smallest release
@@ -38,6 +38,7 @@ def with_detector(tmp_path_factory, real_data_dir) -> Path:
     copy = Path(shutil.copytree(RELEASE, tmp_path_factory.mktemp("ood") / "lstm"))
     written = ood.write(evaluation.for_setting(evaluation.load_workdir(copy)), copy)
     assert sorted(p.name for p in written) == [ood.MODEL_FILE, ood.PARAMETERS_FILE]
+    integrity.record(copy, written)  # as release.write_portable does
     return copy
 
 

@@ -121,6 +121,7 @@ def test_many_images_as_files_and_as_base64_json(server, test_split, expected):
     assert_matches(response.json()["results"], expected[20:40], data.CLASS_NAMES)
 
 
+@pytest.mark.e2e
 def test_a_blank_or_tiny_image_is_flagged_out_of_distribution(server):
     blanks = [np.zeros((28, 28, 1), np.uint8), np.full((1, 1, 1), 255, np.uint8)]
     response = httpx.post(f"{server['url']}/v1/classify", files=[
@@ -129,6 +130,7 @@ def test_a_blank_or_tiny_image_is_flagged_out_of_distribution(server):
     assert [r["in_distribution"] for r in response.json()["results"]] == [False, False]
 
 
+@pytest.mark.e2e
 def test_explain_answers_a_heat_map_png_or_json(server, test_split):
     url, boot = server["url"], png(test_split.images[0])
     response = httpx.post(f"{url}/v1/explain", files={"image": ("boot.png", boot)}, timeout=60)
@@ -316,7 +318,7 @@ def test_it_serves_a_release_an_exported_file_or_a_workdir_without_an_export(tmp
     source = ROOT / "checkpoints" / "pretrained" / "lstm"
     bare = tmp_path / "bare"
     bare.mkdir()
-    for item in ("checkpoints", "config.json", "summary.json", "release.json"):
+    for item in ("checkpoints", "config.json", "summary.json"):  # a workdir: no export
         copy = shutil.copytree if (source / item).is_dir() else shutil.copy2
         copy(source / item, bare / item)
     x = test_split.images[:5]
