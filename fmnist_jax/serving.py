@@ -26,8 +26,6 @@ clients can make it hold (bytes, pixels being decoded, time, connections) is bou
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import collections
 import concurrent.futures
 import contextlib
@@ -35,7 +33,6 @@ import dataclasses
 import io
 import json
 import time
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -54,7 +51,7 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 import fmnist_jax
-from fmnist_jax import images, ood, runtime
+from fmnist_jax import images, ood, runtime, uploads
 from fmnist_jax.errors import UserError, reading
 from fmnist_jax.metrics import check_finite
 from fmnist_jax.serving_limits import BoundedBodies, DecodeBudget, Limits
@@ -63,9 +60,6 @@ from fmnist_jax.serving_limits import Refused as RequestError
 STATIC = Path(__file__).resolve().parent / "static"
 SHAPE = (images.SIZE, images.SIZE, 1)
 BATCH_SIZES = (1, 8, 32, 128)
-MAX_IMAGES = 128  # per request
-MAX_IMAGE_BYTES = 8 * 2**20  # per image file
-INLINE_DECODE_PIXELS = 256 * 256  # smaller images are decoded in the event loop, larger in a thread
 KEEP_ALIVE_SECONDS = 75  # idle connections kept open: clients that reuse them never race a close
 
 
@@ -251,104 +245,6 @@ class Batcher:
                     w.future.set_result(jax.tree.map(lambda a, i=start, j=stop: a[i:j], outputs))
 
 
-def pixels(data: bytes) -> int:
-    """The pixel count an image file's header declares (0 if unreadable)."""
-    try:
-        with Image.open(io.BytesIO(data)) as image:  # reads the header only
-            return image.width * image.height
-    except Exception:  # pylint: disable=broad-except  # `decode` names the problem
-        return 0
-
-
-def decode(data: bytes, name: str, max_pixels: int = Limits.image_pixels) -> np.ndarray:
-    """An uploaded file as a model input `[28, 28, 1]`, as predict.py makes it; or RequestError
-    (413 over the limits, checked before decoding)."""
-    if not data:
-        raise RequestError(400, f"{name}: the file is empty; send a PNG or JPEG image")
-    try:
-        return images.to_model_input(images.read_image(
-            io.BytesIO(data), name, MAX_IMAGE_BYTES, max_pixels))
-    except images.ImageTooLargeError as e:
-        raise RequestError(413, f"{e}; send a smaller image") from None
-    except images.ImageFileError as e:
-        raise RequestError(400, f"{e}; send a PNG or JPEG image") from None
-
-
-async def _multipart_files(request: Request) -> list[tuple[str, bytes]]:
-    try:
-        form = await request.form(max_files=MAX_IMAGES, max_fields=MAX_IMAGES)
-    except HTTPException as e:  # starlette's limits on parts: over one is a 413, as documented
-        if e.detail.startswith("Too many files"):
-            raise RequestError(413, f"too many images; at most {MAX_IMAGES} per request") from None
-        over = e.detail.startswith(("Too many", "Part exceeded", "Field exceeded"))
-        raise RequestError(413 if over else 400, f"malformed multipart upload ({e.detail}); send files in the "
-                                   f"field 'image'") from None
-    try:
-        uploads = form.getlist("image")
-        files = [u for u in uploads if not isinstance(u, str)]
-        if len(files) != len(uploads):
-            raise RequestError(400, "the field 'image' must hold files, not text; use "
-                                    "curl -F image=@FILE")
-        _check_count(len(files), "field 'image'")
-        # a file over the limit is read only up to it: `decode` refuses it
-        return [(u.filename or f"image {i}", await u.read(MAX_IMAGE_BYTES + 1))
-                for i, u in enumerate(files)]
-    finally:
-        await form.close()
-
-
-async def _json_files(request: Request) -> list[tuple[str, bytes]]:
-    try:
-        payload = json.loads(await request.body())
-    except (ValueError, RecursionError) as e:  # ValueError: bad JSON or UTF-8, a 5,000-digit number
-        detail = str(e).split(";")[0][:200]  # not Python's advice to raise its digit limit
-        raise RequestError(400, f"malformed JSON ({detail}); send "
-                                f"{{\"images\": [base64, ...]}}") from None
-    encoded = payload.get("images") if isinstance(payload, dict) else None
-    if not isinstance(encoded, list) or not all(isinstance(s, str) for s in encoded):
-        raise RequestError(400, "the JSON must be {\"images\": [base64 strings]}")
-    _check_count(len(encoded), "JSON list 'images'")
-    files = []
-    for i, text in enumerate(encoded):
-        try:
-            files.append((f"image {i}", base64.b64decode(text, validate=True)))
-        except (binascii.Error, ValueError):
-            raise RequestError(400, f"image {i}: malformed base64; encode the file's bytes with "
-                                    f"standard base64") from None
-    return files
-
-
-def _check_count(count: int, where: str) -> None:
-    if count == 0:
-        raise RequestError(400, f"no image in the {where}; send at least one")
-    if count > MAX_IMAGES:
-        raise RequestError(413, f"too many images ({count}) in the {where}; at most "
-                                f"{MAX_IMAGES} per request")
-
-
-def _top(request: Request, classes: int) -> int:
-    text, most = request.query_params.get("top", "3"), min(images.MAX_TOP, classes)
-    if not (text.isascii() and text.isdigit()) or not 1 <= int(text) <= most:
-        raise RequestError(400, f"top must be a whole number from 1 to {most}, got {text!r}")
-    return int(text)
-
-
-async def _uploaded(request: Request, decode_one: Callable[[bytes, str], Awaitable[np.ndarray]]
-                    ) -> tuple[list[str], np.ndarray]:
-    """The names and model inputs `[N, 28, 28, 1]` of a request's images (multipart or JSON),
-    each decoded by `decode_one` (within the app's decode budget)."""
-    kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if kind == "multipart/form-data":
-        files = await _multipart_files(request)
-    elif kind == "application/json":
-        files = await _json_files(request)
-    else:
-        raise RequestError(415, f"content type {kind or 'none'!r} is not accepted; send "
-                                f"multipart/form-data (field 'image') or application/json")
-    inputs = [await decode_one(data, name) for name, data in files]
-    return [name for name, _ in files], np.stack(inputs)
-
-
 def _flags(detector: ood.Detector | None, outputs: dict[str, np.ndarray]) -> list[dict]:
     if detector is None:
         return ood.no_flag(len(outputs["probabilities"]))
@@ -391,12 +287,13 @@ def create_app(model: runtime.Model, max_batch: int = BATCH_SIZES[-1],
                 k: detector.parameters[k] for k in ("method", "veto", "threshold",
                                                     "validation_accepted")},
             "explain": None if explainer is None else explainer.methods[0],
-            "limits": {"images_per_request": MAX_IMAGES, "image_bytes": MAX_IMAGE_BYTES,
+            "limits": {"images_per_request": uploads.MAX_IMAGES,
+                       "image_bytes": uploads.MAX_IMAGE_BYTES,
                        **dataclasses.asdict(limits)}}
 
     async def classify(request: Request) -> Response:
-        top = _top(request, len(model.class_names))
-        names, inputs = await _uploaded(request, _decode)
+        top = uploads.top(request, len(model.class_names))
+        names, inputs = await uploads.uploaded(request, _decode)
         outputs = await batcher.classify(inputs)
         return JSONResponse({"model": info["name"], "results": [
             {"file": name, "top": images.top_classes(p, model.class_names, top), **flag}
@@ -410,7 +307,7 @@ def create_app(model: runtime.Model, max_batch: int = BATCH_SIZES[-1],
         if explainer is None:
             raise RequestError(404, "this server has no explainer (it serves an exported model "
                                     "file); serve a release or workdir folder to explain")
-        names, inputs = await _uploaded(request, _decode)
+        names, inputs = await uploads.uploaded(request, _decode)
         if answer == "png" and len(inputs) > 1:
             raise RequestError(400, f"a PNG explains one image, got {len(inputs)}; send one, "
                                     f"or ask ?format=json")
@@ -427,10 +324,10 @@ def create_app(model: runtime.Model, max_batch: int = BATCH_SIZES[-1],
 
     async def _decode(data: bytes, name: str) -> np.ndarray:
         """Small images in the event loop; larger ones in a thread, within the decode budget."""
-        size = pixels(data)
-        if size <= INLINE_DECODE_PIXELS or size > limits.image_pixels:  # the latter: refused
-            return decode(data, name, limits.image_pixels)
-        return await budget.run(size, decode, data, name, limits.image_pixels)
+        size = uploads.pixels(data)
+        if size <= uploads.INLINE_DECODE_PIXELS or size > limits.image_pixels:  # refused if over
+            return uploads.decode(data, name, limits.image_pixels)
+        return await budget.run(size, uploads.decode, data, name, limits.image_pixels)
 
     async def examples(_: Request) -> Response:
         listed = json.loads((STATIC / "examples" / "examples.json").read_text())

@@ -78,7 +78,6 @@ def free_port() -> int:
 def serving(log: Path, *args: str, timeout: float = 240):
     """`scripts/serve.py ARGS` on a free loopback port until it answers /healthz; yields its base
     URL and process, and kills it at the end if it still runs."""
-    import httpx  # pylint: disable=import-outside-toplevel  # the [test] extra's HTTP client
     port = free_port()
     with log.open("w") as out:
         process = subprocess.Popen(command("serve", *args, f"--port={port}"), stdout=out,

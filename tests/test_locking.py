@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 import subprocess_runs as runs
-from conftest import PRETRAINED, ROOT
+from conftest import PRETRAINED
 from fmnist_jax import integrity, locking, release
 
 

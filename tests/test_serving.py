@@ -28,7 +28,7 @@ from selenium.webdriver.support.ui import WebDriverWait
 import subprocess_runs as runs
 
 from conftest import ROOT
-from fmnist_jax import data, ood, portable, runtime, serving
+from fmnist_jax import data, ood, portable, runtime, uploads
 from fmnist_jax.errors import UserError
 
 RELEASE = ROOT / "checkpoints" / "pretrained" / "cnn"
@@ -169,7 +169,7 @@ BAD_INPUTS = {
     "empty file": (400, "empty", {"files": {"image": ("a.png", b"")}}),
     "truncated png": (400, "not an image", {"files": {"image": ("a.png", None)}}),
     "too many bytes": (413, "bytes", {"files": {"image": (
-        "a.png", b"\x89PNG" + bytes(serving.MAX_IMAGE_BYTES))}}),
+        "a.png", b"\x89PNG" + bytes(uploads.MAX_IMAGE_BYTES))}}),
     "too many pixels": (413, "pixels", {"files": {"image": ("a.png", png_header(6001, 6001))}}),
     "decompression bomb": (413, "pixels", {"files": {"image": ("a.png",
                                                                png_header(20000, 20000))}}),

@@ -19,7 +19,6 @@ mean ± std.
 
 from __future__ import annotations
 
-from pathlib import Path
 
 from fmnist_jax import cli
 

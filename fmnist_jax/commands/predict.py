@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import sys
-from pathlib import Path
 
 from fmnist_jax import cli, images
 from fmnist_jax.errors import UserError
