@@ -115,7 +115,8 @@ def test_three_concurrent_overwrites_leave_one_complete_release_and_say_so(tmp_p
         reader.join()
     for export, (stdout, stderr) in zip(exports, outputs):
         if export.returncode == 0:
-            assert stdout.startswith(f"released cnn (seeds [0], test accuracy 93.05%) to {out}")
+            assert stdout.startswith("released cnn (seeds [0], test accuracy 93.05%"), stdout
+            assert f") to {out}: " in stdout, stdout
         else:
             assert export.returncode == 2 and "Traceback" not in stderr, stderr
             assert stderr.strip().splitlines()[-1].startswith(f"error: {out} is being written by "

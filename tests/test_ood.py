@@ -80,5 +80,10 @@ def test_predict_flags_a_blank_picture(with_detector, tmp_path, test_images):
     assert flags == [(True, float), (False, float)]
     text = run("predict", f"--workdir={with_detector}", *files)
     assert "does not look like Fashion-MNIST" in text.stdout.splitlines()[1]
-    bare = run("predict", f"--workdir={RELEASE}", "--json", files[0])
+    without = Path(shutil.copytree(RELEASE, tmp_path / "without"))
+    for name in (ood.MODEL_FILE, ood.PARAMETERS_FILE):
+        (without / name).unlink()
+    integrity.record(without)  # a release made without a detector
+    bare = run("predict", f"--workdir={without}", "--json", files[0])
+    assert bare.returncode == 0, bare.stderr
     assert json.loads(bare.stdout)[0]["in_distribution"] is None

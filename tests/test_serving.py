@@ -236,7 +236,8 @@ def test_concurrent_clients_are_batched_and_all_answered(server, test_split, exp
 @pytest.mark.e2e
 def test_metrics_count_requests_and_nothing_compiled_after_warm_up(server):
     url = server["url"]
-    assert metric(url, "fmnist_compilations_total") == 3  # the batch sizes 1, 8 and 32, at start
+    # the batch sizes 1, 8 and 32, at start, for the model and for its out-of-distribution detector
+    assert metric(url, "fmnist_compilations_total") == 6
     # (and after the concurrent, blank and explain requests above: nothing compiled since)
     text = httpx.get(f"{url}/metrics").text
     assert re.search(r'fmnist_requests_total\{path="/v1/classify",status="413"\} [1-9]', text)
