@@ -208,9 +208,10 @@ def write(restored: Restored, folder: str | Path) -> list[Path]:
     return paths
 
 
-def load(folder: str | Path) -> Detector | None:
-    """The detector a release or workdir `folder` ships; None when it has none."""
-    folder = Path(folder)
+def load(path: str | Path) -> Detector | None:
+    """The detector a release or workdir ships: `path` is its folder or a model file in it; None
+    when it has none."""
+    folder = Path(path).parent if Path(path).is_file() else Path(path)
     if not folder.is_dir() or not (folder / MODEL_FILE).is_file():
         return None
     integrity.verify(folder, [MODEL_FILE, PARAMETERS_FILE])  # the files read, as portable.load

@@ -63,12 +63,6 @@ BATCH_SIZES = (1, 8, 32, 128)
 KEEP_ALIVE_SECONDS = 75  # idle connections kept open: clients that reuse them never race a close
 
 
-def load_detector(path: str | Path) -> ood.Detector | None:
-    """The out-of-distribution detector shipped beside the model in `path`; None without one."""
-    path = Path(path)
-    return ood.load(path.parent if path.is_file() else path)
-
-
 def load_explainer(path: str | Path) -> Any:
     """An `explain.Explainer` of the release or workdir `path`; None for an exported model file
     (which has no weights to take gradients of)."""
@@ -380,7 +374,7 @@ def serve(path: str | Path, host: str, port: int, max_batch: int, window: float,
     shutdown, cut short after `limits.shutdown_seconds`)."""
     with reading(path):  # a damaged model stops the start with one line
         model = runtime.load(path, runtime_name)
-        app = create_app(model, max_batch, window, detector=load_detector(path),
+        app = create_app(model, max_batch, window, detector=ood.load(path),
                          explainer=load_explainer(path), limits=limits)
         name = model.metadata["model"]
     print(f"serving {name} with {model.runtime} on http://{host}:{port}/ (batch sizes "
