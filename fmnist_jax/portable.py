@@ -39,10 +39,12 @@ PLATFORMS = ("cpu", "cuda")
 INPUT_SHAPE = "n, 28, 28, 1"
 
 
-def probabilities_function(restored: Restored):
+def probabilities_function(restored: Restored, unroll_members: bool = False):
     """`f(images uint8 [N, 28, 28, 1]) -> [N, 10]` float32: the members' mean probabilities, with
     `restored`'s weights as constants; with flip TTA (`train.flip_tta`), each member averages an
-    image and its mirror; a calibrated release divides each member's logits by its temperature."""
+    image and its mirror; a calibrated release divides each member's logits by its temperature.
+    The members run in a `lax.map`, or with `unroll_members` one after another in the graph (no
+    loop: what jax2onnx 0.13 converts on jax 0.12, whose scan it cannot read)."""
     from fmnist_jax import train as train_lib  # pylint: disable=import-outside-toplevel
     stats, tta, temperature = restored.meta["data"], restored.tta, restored.temperature
 
@@ -60,6 +62,10 @@ def probabilities_function(restored: Restored):
 
     def probabilities(images: jax.Array) -> jax.Array:
         weights = (restored.params, restored.batch_stats)
+        if unroll_members:
+            count = jax.tree.leaves(weights)[0].shape[0]
+            return sum(member(jax.tree.map(lambda x, k=k: x[k], weights), images)
+                       for k in range(count)) / count
         return jax.lax.map(lambda w: member(w, images), weights).mean(0)
 
     return probabilities
