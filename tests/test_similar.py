@@ -65,7 +65,7 @@ def test_a_training_image_is_its_own_nearest_neighbour(shipped_mlp, real_data_di
 def test_training_embeddings_are_computed_once_per_checkpoint(shipped_mlp, tmp_path, monkeypatch):
     embeddings, train = similar.cached_training_embeddings(shipped_mlp, tmp_path)
     assert len(embeddings) == len(train.labels)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["train.json", "train.npy"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["train-member0.json", "train-member0.npy"]
 
     def no_second_pass(*_):
         raise AssertionError("the cache was not used")
