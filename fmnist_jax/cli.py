@@ -174,7 +174,8 @@ def add_member_flags(parser: argparse.ArgumentParser, what: str) -> None:
     group.add_argument("--seed", type=int, metavar="S",
                        help="only the member of seed S (of a sweep: of the setting)")
     group.add_argument("--member", type=whole_number(0), metavar="K",
-                       help="only member K (of a sweep: setting K // seeds, seed SEED + K %% seeds)")
+                       help="only member K (of a sweep: setting K // seeds, seed "
+                            "SEED + K %% seeds)")
 
 
 def member_choice(parser: argparse.ArgumentParser, args: argparse.Namespace) -> dict[str, Any]:
