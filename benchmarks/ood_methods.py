@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 # pylint: disable-next=wrong-import-position
-from fmnist_jax import evaluation, ood  # noqa: E402
+from fmnist_jax import evaluation, ood, restore  # noqa: E402
 
 RELEASES = [str(ROOT / "checkpoints" / "pretrained" / m)
             for m in ("mlp", "cnn", "cnn_deep", "lstm")]
@@ -36,7 +36,7 @@ def auroc(detector: ood.Detector, inliers: dict, outliers: dict) -> float:
 def measure(workdir: str) -> list[str]:
     """Markdown rows: per method and veto, validation acceptance, AUROC against the digits, and
     the share accepted of each outlier set."""
-    restored = evaluation.for_setting(evaluation.load_workdir(workdir))
+    restored = restore.select(restore.load_workdir(workdir))
     function, base, val = ood.fit(restored)
     test = evaluation.load_split(restored.config, "test").images
     inliers = ood.as_dict(ood.run_chunked(function, test))

@@ -159,6 +159,33 @@ def add_tta_flag(parser: argparse.ArgumentParser, default_text: str) -> None:
                              f"(default: {default_text})")
 
 
+MEMBER_FLAGS = ("setting", "seed", "member")
+
+
+def add_member_flags(parser: argparse.ArgumentParser, what: str) -> None:
+    """--setting, --seed and --member: which members of a multi-seed run or sweep the command
+    reads (`restore.select`), each of them refused with --member. `what` says what they do
+    without any (e.g. 'all members')."""
+    group = parser.add_argument_group("members",
+                                      f"of a multi-seed run or a sweep (default: {what})")
+    group.add_argument("--setting", type=whole_number(0), metavar="K",
+                       help="of a sweep: the members of setting K (see its sweep.md); default "
+                            "the best setting, chosen on the validation split")
+    group.add_argument("--seed", type=int, metavar="S",
+                       help="only the member of seed S (of a sweep: of the setting)")
+    group.add_argument("--member", type=whole_number(0), metavar="K",
+                       help="only member K (of a sweep: setting K // seeds, seed "
+                            "SEED + K %% seeds)")
+
+
+def member_choice(parser: argparse.ArgumentParser, args: argparse.Namespace) -> dict[str, Any]:
+    """The keyword arguments of `restore.select` the member flags give; --member refused with
+    --setting or --seed, which it contradicts."""
+    refuse_together(parser, args, "--member", ["seed", "setting"],
+                    "it names the member itself; give one of them")
+    return {flag: getattr(args, flag) for flag in MEMBER_FLAGS}
+
+
 def whole_number(low: int, high: int | None = None) -> Callable[[str], int]:
     """An argparse `type`: a whole number from `low` to `high` (None: no upper bound)."""
     allowed = f"from {low} to {high}" if high is not None else f"of {low} or more"

@@ -18,7 +18,7 @@ import jax
 import numpy as np
 import scipy.optimize
 
-from fmnist_jax import evaluation, metrics
+from fmnist_jax import evaluation, metrics, restore
 from fmnist_jax.errors import UserError
 
 WEIGHTS = ("equal", "val")
@@ -39,7 +39,7 @@ def check_same_split(parts: Sequence[evaluation.Evaluation]) -> None:
                 + (", or drop --ensemble-weights=val" if first.split == "val" else ""))
 
 
-def evaluate_parts(restoreds: Sequence[evaluation.Restored], split: str,
+def evaluate_parts(restoreds: Sequence[restore.Restored], split: str,
                    ) -> list[evaluation.Evaluation]:
     parts = [evaluation.evaluate(r, split) for r in restoreds]
     check_same_split(parts)
@@ -111,7 +111,7 @@ def evaluate_ensemble(workdirs: Sequence[str | Path], split: str, checkpoint: st
     if weights_from not in WEIGHTS:
         raise UserError(f"--ensemble-weights must be one of {', '.join(WEIGHTS)}, "
                         f"got {weights_from!r}")
-    restoreds = [evaluation.for_setting(evaluation.load_workdir(w, checkpoint, data_dir, tta))
+    restoreds = [restore.select(restore.load_workdir(w, checkpoint, data_dir, tta))
                  for w in workdirs]
     parts = evaluate_parts(restoreds, split)
     weights = np.full(len(parts), 1.0 / len(parts))

@@ -14,7 +14,8 @@
   attributed pixels are blacked out first, against a random order; the area under each curve
   (the attributed order should fall faster: a lower area).
 
-A workdir with several members (seeds) is explained through member 0 (`Explainer.member`).
+A workdir with several members (seeds) is explained through the first of those a reader chose
+(`restore.select`; `Explainer.member` and `Explainer.seed` say which).
 """
 
 from __future__ import annotations
@@ -32,13 +33,13 @@ import numpy as np
 import scipy.stats
 
 from fmnist_jax import images as images_lib
-from fmnist_jax import metrics, plots
+from fmnist_jax import metrics, plots, restore
 from fmnist_jax import train as train_lib
 from fmnist_jax.models.layers import ConvBlock
 from fmnist_jax.models.resnet import PreActBlock
 
 if TYPE_CHECKING:
-    from fmnist_jax.evaluation import Evaluation, Restored
+    from fmnist_jax.evaluation import Evaluation
 
 STAGES = (ConvBlock, PreActBlock)  # a model's convolutional stages; Grad-CAM reads the last one
 IG_STEPS = 32
@@ -141,17 +142,16 @@ class Explainer:
     mean: float
     std: float
     batch_size: int
-    member: int = 0
+    member: int = 0  # its index in the workdir's stack of members
+    seed: int | None = None
 
     @classmethod
-    def from_restored(cls, restored: Restored, member: int = 0) -> Explainer:
-        def pick(tree):
-            return jax.tree.map(lambda x: x[member], tree)
-
-        stats = restored.meta["data"]
-        return cls(restored.model, {"params": pick(restored.params),
-                                    "batch_stats": pick(restored.batch_stats)},
-                   stats["mean"], stats["std"], restored.config.eval_batch_size, member)
+    def from_restored(cls, restored: restore.Restored) -> Explainer:
+        """The first member of `restored` (choose another with `restore.select` first)."""
+        first = restore.select(restored, member=0)
+        stats = first.meta["data"]
+        return cls(first.model, first.variables, stats["mean"], stats["std"],
+                   first.config.eval_batch_size, first.members[0], first.seeds[0])
 
     def random_variables(self, seed: int = 0) -> Any:
         """Freshly initialised weights of the same model (the model-randomisation check)."""
@@ -296,7 +296,7 @@ def explain_evaluation(evaluation: Evaluation, out: Path, seed: int = 0,
     n = len(evaluation.labels)
     sample = np.sort(np.random.default_rng(seed).choice(n, min(SANITY_IMAGES, n), replace=False))
     numbers = sanity_checks(explainer, evaluation.images[sample], seed)
-    numbers["seed"] = evaluation.restored.seeds[explainer.member]
+    numbers["seed"] = explainer.seed
     names = evaluation.restored.class_names
     picked = example_indices(evaluation.labels, evaluation.probabilities)
     titles = [f"#{i} true: {names[evaluation.labels[i]]}" for i in picked]
@@ -305,7 +305,8 @@ def explain_evaluation(evaluation: Evaluation, out: Path, seed: int = 0,
     return numbers, figures
 
 
-def explain_files(restored: Restored, paths: Sequence[str | Path], out: Path) -> list[Path]:
+def explain_files(restored: restore.Restored, paths: Sequence[str | Path], out: Path,
+                  ) -> list[Path]:
     """The figures of `write_figures` for image files (those that can be read); the paths."""
     results, inputs = images_lib.load_images(paths)  # classify() reports the unreadable ones
     if not inputs:

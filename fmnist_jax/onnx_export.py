@@ -28,7 +28,7 @@ from fmnist_jax import files, portable
 from fmnist_jax.errors import UserError
 
 if TYPE_CHECKING:
-    from fmnist_jax.evaluation import Restored
+    from fmnist_jax.restore import Restored
 
 log = logging.getLogger(__name__)
 MODEL_FILE = "model.onnx"

@@ -1,6 +1,7 @@
 """Out-of-distribution flag: does an input look like Fashion-MNIST at all?
 
-Four numbers per image (`components`), from one pass of member 0's model:
+Four numbers per image (`components`), from one pass of the model's first member (of those
+`restore.select` chose):
 
 - `mahalanobis`: the squared Mahalanobis distance of the penultimate embedding (`similar.py`'s,
   scaled to unit length as its cosine similarity does) to the nearest class mean, with one
@@ -38,7 +39,7 @@ import numpy as np
 from fmnist_jax import files, integrity, portable
 
 if TYPE_CHECKING:
-    from fmnist_jax.evaluation import Restored
+    from fmnist_jax.restore import Restored
 
 log = logging.getLogger(__name__)
 
@@ -71,13 +72,13 @@ METHOD, VETO = "mahalanobis+energy", True
 
 def components_function(restored: Restored, means: np.ndarray, cholesky: np.ndarray
                         ) -> Callable[[jax.Array], jax.Array]:
-    """`f(images uint8 [N, 28, 28, 1]) -> [N, 4]` float32 (`COMPONENTS`) of member 0, with the
-    class means `[C, D]` and the Cholesky factor `[D, D]` of the precision as constants."""
-    from fmnist_jax import similar  # pylint: disable=import-outside-toplevel
+    """`f(images uint8 [N, 28, 28, 1]) -> [N, 4]` float32 (`COMPONENTS`) of the first member of
+    `restored`, with the class means `[C, D]` and the Cholesky factor `[D, D]` of the precision as
+    constants."""
+    from fmnist_jax import restore, similar  # pylint: disable=import-outside-toplevel
     from fmnist_jax import train as train_lib  # pylint: disable=import-outside-toplevel
     stats = restored.meta["data"]
-    variables = jax.tree.map(lambda x: x[0], {"params": restored.params,
-                                              "batch_stats": restored.batch_stats})
+    variables = restore.select(restored, member=0).variables
     projected_means = jnp.asarray(means @ cholesky, jnp.float32)
     factor = jnp.asarray(cholesky, jnp.float32)
 

@@ -31,7 +31,7 @@ from fmnist_jax import files, integrity
 from fmnist_jax.errors import CheckpointError
 
 if TYPE_CHECKING:
-    from fmnist_jax.evaluation import Restored
+    from fmnist_jax.restore import Restored
 
 MODEL_FILE = "model.jaxexport"
 METADATA_FILE = "model.json"
@@ -49,15 +49,8 @@ def probabilities_function(restored: Restored, unroll_members: bool = False):
     stats, tta, temperature = restored.meta["data"], restored.tta, restored.temperature
 
     def member(weights, images):
-        params, batch_stats = weights
-
-        def forward(x):
-            return restored.model.apply({"params": params, "batch_stats": batch_stats},
-                                        train_lib.normalize(x, stats["mean"], stats["std"]),
-                                        train=False)
-
-        if tta:
-            forward = train_lib.flip_tta(forward)
+        forward = train_lib.member_forward(restored.model, *weights, stats["mean"], stats["std"],
+                                           tta)
         return jax.nn.softmax(forward(images).astype(jnp.float32) / temperature)
 
     def probabilities(images: jax.Array) -> jax.Array:

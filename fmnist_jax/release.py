@@ -22,11 +22,10 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-import jax
 import numpy as np
 
 from fmnist_jax import (calibration, evaluation, files, integrity, locking, metrics, onnx_export,
-                        ood, portable, sweep)
+                        ood, portable, restore, sweep)
 from fmnist_jax import workdir as workdir_lib
 from fmnist_jax.checkpointing import Checkpoints
 from fmnist_jax.errors import UserError
@@ -37,11 +36,6 @@ RELEASE_FILES = ("checkpoints", "config.json", "metrics.jsonl", integrity.RELEAS
                  "summary.json", portable.MODEL_FILE, portable.METADATA_FILE, ood.MODEL_FILE,
                  ood.PARAMETERS_FILE, onnx_export.MODEL_FILE, integrity.MANIFEST)
 RENAME_EXCHANGE = 2  # renameat2 flag: swap two paths atomically (Linux 3.15+)
-
-
-def _member(tree: Any, index: int | None) -> Any:
-    """The stacked tree, or member `index` of it kept as a stack of one."""
-    return tree if index is None else jax.tree.map(lambda x: np.asarray(x)[index:index + 1], tree)
 
 
 def _record(meta: dict[str, Any], summary: dict[str, Any], command: str) -> dict[str, Any]:
@@ -60,10 +54,11 @@ def _record(meta: dict[str, Any], summary: dict[str, Any], command: str) -> dict
             **{key: summary[key] for key in ("ensemble", "run_test_accuracy") if key in summary}}
 
 
-def _select(summary: dict[str, Any], index: int | None) -> dict[str, Any]:
-    """The summary of member `index` alone (all members when None)."""
-    if index is None:
+def _select(summary: dict[str, Any], members: tuple[int, ...]) -> dict[str, Any]:
+    """The summary of the released `members`: all the run's, or one alone."""
+    if len(members) == len(summary["seeds"]):
         return summary
+    (index,) = members
     picked = dict(summary)
     for key in ("seeds", "best_epoch", "best_val_accuracy", "test_accuracy", "test_loss",
                 "latest_raw_weights_test_accuracy", "run_test_accuracy"):
@@ -75,7 +70,7 @@ def _select(summary: dict[str, Any], index: int | None) -> dict[str, Any]:
     return picked
 
 
-def _retested(summary: dict[str, Any], restored: evaluation.Restored) -> dict[str, Any]:
+def _retested(summary: dict[str, Any], restored: restore.Restored) -> dict[str, Any]:
     """`summary` with the test metrics of `restored`'s predictor (its own `tta` setting), the
     run's test accuracy kept as `run_test_accuracy`."""
     result = evaluation.evaluate(restored)
@@ -92,36 +87,27 @@ def _retested(summary: dict[str, Any], restored: evaluation.Restored) -> dict[st
     return retested
 
 
-def _chosen_member(restored: evaluation.Restored, summary: dict[str, Any], seed: int | None,
-                   member: int | None) -> int | None:
-    """The index of the member to release (None: all): `member`, or `seed`'s; of a sweep, the
-    best setting's member of `seed`, by default the best setting's best member (on validation)."""
-    count = len(restored.seeds)
-    if member is not None:
-        if not 0 <= member < count:
-            raise UserError(f"--member={member} is not in {restored.workdir}; give one of "
-                            f"0..{count - 1}")
-        return member
-    candidates = list(range(count))
-    if "sweep" in summary:
-        best = summary["sweep"]["best"]
-        if seed is None:
-            return best["best_member"]
-        candidates = summary["sweep"]["settings"][best["setting"]]["members"]
-    if seed is None:
-        return None
-    seeds = [restored.seeds[m] for m in candidates]
-    if seed not in seeds:
-        raise UserError(f"seed {seed} is not in {restored.workdir}; its seeds: {seeds}")
-    return candidates[seeds.index(seed)]
+def _released(restored: restore.Restored, summary: dict[str, Any], setting: int | None,
+              seed: int | None, member: int | None) -> restore.Restored:
+    """The members to release, as `restore.select` chooses them; of a sweep one member, by default
+    the best member on validation of the setting (itself by default the best)."""
+    if "sweep" in summary and seed is None and member is None:
+        member, setting = _best_member(restored, summary, setting), None
+    return restore.select(restored, setting=setting, seed=seed, member=member)
 
 
-def _calibrated(restored: evaluation.Restored, index: int | None) -> evaluation.Restored:
-    """`restored` dividing its logits by the temperature that minimises the validation log loss
-    of the members released (on top of the one it may already apply)."""
-    released = dataclasses.replace(restored, params=_member(restored.params, index),
-                                   batch_stats=_member(restored.batch_stats, index))
-    val = evaluation.evaluate(released, "val")
+def _best_member(restored: restore.Restored, summary: dict[str, Any], setting: int | None) -> int:
+    """A sweep's member of the best validation accuracy in `setting` (default: the best one)."""
+    if setting is None:
+        return summary["sweep"]["best"]["best_member"]
+    candidates = restore.select(restored, setting=setting).members
+    return candidates[int(np.argmax([summary["best_val_accuracy"][m] for m in candidates]))]
+
+
+def _calibrated(restored: restore.Restored) -> restore.Restored:
+    """`restored` dividing its logits by the temperature that minimises its validation log loss
+    (on top of the one it may already apply)."""
+    val = evaluation.evaluate(restored, "val")
     if not len(val.labels):
         raise UserError(f"{restored.workdir} was trained without a validation split, which "
                         f"--calibrated fits the temperature on; release it without --calibrated")
@@ -131,20 +117,22 @@ def _calibrated(restored: evaluation.Restored, index: int | None) -> evaluation.
     return dataclasses.replace(restored, meta=dict(restored.meta, calibration=record))
 
 
-def _member_config(restored: evaluation.Restored, index: int | None, seeds: list[int]) -> dict:
+def _member_config(released: restore.Restored) -> dict:
     """The config of a plain run of the released members (of a sweep: the member's setting)."""
-    config = restored.meta["config"]
-    if sweep.is_sweep(restored.config):
-        setting = sweep.member_settings(restored.config)[index]
-        return workdir_lib.config_to_json(sweep.setting_config(restored.config, setting, seeds[0]))
-    return dict(config, seed=seeds[0], num_seeds=len(seeds))
+    seeds = released.seeds
+    if released.setting is not None:
+        return workdir_lib.config_to_json(sweep.setting_config(
+            released.config, released.setting["index"], seeds[0]))
+    return dict(released.meta["config"], seed=seeds[0], num_seeds=len(seeds))
 
 
 def export(workdir: str | Path, out: str | Path, seed: int | None = None,
            command: str = "", overwrite: bool = False, tta: bool | None = None,
-           member: int | None = None, calibrated: bool = False) -> dict[str, Any]:
+           member: int | None = None, calibrated: bool = False,
+           setting: int | None = None) -> dict[str, Any]:
     """Writes the release of `workdir` (all members, or only `seed`'s or `member`'s) to `out`;
-    its record. Of a sweep, one member: by default the best setting's best member.
+    its record. Of a sweep, one member: by default the best member of `setting`, itself by default
+    the best setting.
 
     An existing `out` is replaced only with `overwrite`, and only when it is a release. `tta` sets
     whether the release predicts with flip test-time augmentation (default: as the run did); when
@@ -156,55 +144,52 @@ def export(workdir: str | Path, out: str | Path, seed: int | None = None,
     writes `out`.
     """
     with locking.exclusive(out):
-        return _export(Path(workdir), Path(out), seed, command, overwrite, tta, member, calibrated)
+        return _export(Path(workdir), Path(out), command, overwrite, tta, calibrated,
+                       {"setting": setting, "seed": seed, "member": member})
 
 
-def _export(workdir: Path, out: Path, seed: int | None, command: str, overwrite: bool,
-            tta: bool | None, member: int | None, calibrated: bool) -> dict[str, Any]:
+def _export(workdir: Path, out: Path, command: str, overwrite: bool, tta: bool | None,
+            calibrated: bool, choice: dict[str, int | None]) -> dict[str, Any]:
     _check_out(out, overwrite)
     if not (workdir / "summary.json").is_file():
         raise UserError(f"{workdir} has no summary.json: only a finished run can be released; "
                         f"finish it with scripts/train.py --workdir={workdir}")
-    restored = evaluation.load_workdir(workdir, "best", tta=tta)
     full = json.loads((workdir / "summary.json").read_text())
-    index = _chosen_member(restored, full, seed, member)
+    released = _released(restore.load_workdir(workdir, "best", tta=tta), full, **choice)
+    summary = _select(full, released.members)
     if calibrated:
-        restored = _calibrated(restored, index)
-    if calibrated or restored.tta != evaluation.config_from_meta(restored.meta).tta:
-        full = _retested(full, restored)
-    summary = _select(full, index)
-    meta = dict(restored.meta, weights_only=True, seeds=summary["seeds"],
-                best_epoch=restored.epochs if index is None else [restored.epochs[index]])
-    meta["config"] = dict(_member_config(restored, index, summary["seeds"]), tta=restored.tta)
+        released = _calibrated(released)
+    if calibrated or released.tta != restore.config_from_meta(released.meta).tta:
+        summary = _retested(summary, released)
+    meta = dict(released.meta, weights_only=True, best_epoch=released.epochs)
+    meta["config"] = dict(_member_config(released), tta=released.tta)
     record = _record(meta, summary, command)
     source = workdir / integrity.RELEASE_RECORD
     if source.is_file():  # a release exported again (e.g. in place): how it was made stays known
         previous = integrity.load_json(source)
         record["first_export_command"] = previous.get("first_export_command",
                                                       previous.get("export_command"))
-    if "sweep" in full:
-        record["sweep_setting"] = full["sweep"]["settings"][
-            sweep.member_settings(restored.config)[index]]["values"]
+    if released.setting is not None:
+        record["sweep_setting"] = full["sweep"]["settings"][released.setting["index"]]["values"]
     staging = out.with_name(out.name + ".partial")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     try:
-        _write(staging, workdir, restored, index, meta, summary, record)
+        _write(staging, workdir, released, meta, summary, record)
         _replace(staging, out)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return record
 
 
-def _write(staging: Path, workdir: Path, restored: evaluation.Restored, index: int | None,
-           meta: dict[str, Any], summary: dict[str, Any], record: dict[str, Any]) -> None:
+def _write(staging: Path, workdir: Path, released: restore.Restored, meta: dict[str, Any],
+           summary: dict[str, Any], record: dict[str, Any]) -> None:
     shutil.copy2(workdir / "metrics.jsonl", staging / "metrics.jsonl")
     (staging / "config.json").write_text(json.dumps(meta, indent=2) + "\n")
     (staging / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    weights = {"params": _member(restored.params, index),
-               "batch_stats": _member(restored.batch_stats, index)}
+    weights = {"params": released.params, "batch_stats": released.batch_stats}
     with Checkpoints(staging, keep=1) as ckpts:
-        ckpts.save(restored.step, weights, meta)
+        ckpts.save(released.step, weights, meta)
     _write_portable(staging)
     # After the portable model, which reads `staging` back: a release.json there names a manifest
     # (integrity.verify), which only a complete release has.
@@ -293,7 +278,7 @@ def _write_portable(folder: Path) -> list[Path]:
     """The portable model (`portable.py`) of the workdir or release `folder`, its ONNX conversion
     (`onnx_export.py`, when the model converts) and its out-of-distribution detector (`ood.py`),
     written into it; the paths."""
-    restored = evaluation.for_setting(evaluation.load_workdir(folder, "best"))
+    restored = restore.select(restore.load_workdir(folder, "best"))
     return (portable.write(restored, folder) + onnx_export.write(restored, folder)
             + ood.write(restored, folder))
 

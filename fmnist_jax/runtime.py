@@ -33,8 +33,8 @@ def load(path: str | Path, runtime: str = "jax") -> Model:
     if not path.is_dir():
         raise UserError(f"{path}: no such workdir, release or exported model; give a folder that "
                         f"scripts/train.py or scripts/export.py wrote")
-    from fmnist_jax import evaluation  # pylint: disable=import-outside-toplevel
-    restored = evaluation.for_setting(evaluation.load_workdir(path))
+    from fmnist_jax import restore  # pylint: disable=import-outside-toplevel
+    restored = restore.select(restore.load_workdir(path))
     if runtime == "onnx":
         return onnx_export.from_restored(restored)
     return portable.Portable(portable.export(restored), portable.metadata(restored))

@@ -69,9 +69,8 @@ def load_explainer(path: str | Path) -> Any:
     path = Path(path)
     if not (path / "checkpoints").is_dir():
         return None
-    from fmnist_jax import evaluation, explain  # pylint: disable=import-outside-toplevel
-    return explain.Explainer.from_restored(
-        evaluation.for_setting(evaluation.load_workdir(path)))
+    from fmnist_jax import explain, restore  # pylint: disable=import-outside-toplevel
+    return explain.Explainer.from_restored(restore.select(restore.load_workdir(path)))
 
 
 def batch_sizes(max_batch: int) -> tuple[int, ...]:

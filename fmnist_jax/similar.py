@@ -4,7 +4,7 @@ precision@k (the share of same-class neighbours) and a 2-D map of an embedding.
 
 The embedding is the input of the model's last `nn.Dense` (the classifier), read through
 `nn.intercept_methods`, so every model works unchanged. A workdir with several members is
-embedded through member 0.
+embedded through the first of those a reader chose (`restore.select`); the cache is kept per member.
 """
 
 from __future__ import annotations
@@ -15,18 +15,15 @@ import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import flax.linen as nn
 import jax
 import numpy as np
 
-from fmnist_jax import data, evaluation, files, locking, plots
+from fmnist_jax import data, evaluation, files, locking, plots, restore
 from fmnist_jax import train as train_lib
 from fmnist_jax.errors import UserError
-
-if TYPE_CHECKING:
-    from fmnist_jax.evaluation import Restored
 
 CACHE = "eval-embeddings"
 CHUNK = 1024  # queries per similarity block (a block of 1024 x 54,000 floats is 221 MB)
@@ -57,30 +54,33 @@ class PenultimateLayer:
         return embedding_and_logits(self.model, variables, x, train=train)[0]
 
 
-def embed(restored: Restored, images: np.ndarray, member: int = 0) -> np.ndarray:
-    """Member `member`'s embeddings `[N, D]` (float32) of uint8 images `[N, 28, 28, 1]`."""
-    stats = restored.meta["data"]
+def embed(restored: restore.Restored, images: np.ndarray) -> np.ndarray:
+    """The embeddings `[N, D]` (float32) of uint8 images `[N, 28, 28, 1]` by the first member of
+    `restored` (choose another with `restore.select` first)."""
+    first = restore.select(restored, member=0)
+    stats = first.meta["data"]
     predict = train_lib.make_predict(
-        PenultimateLayer(restored.model), stats["mean"], stats["std"],
-        restored.config.eval_batch_size, train_lib.members_one_at_a_time(restored.model))
-    pick = slice(member, member + 1)
-    return np.asarray(predict(jax.tree.map(lambda x: x[pick], restored.params),
-                              jax.tree.map(lambda x: x[pick], restored.batch_stats), images)[0])
+        PenultimateLayer(first.model), stats["mean"], stats["std"],
+        first.config.eval_batch_size, train_lib.members_one_at_a_time(first.model))
+    return np.asarray(predict(first.params, first.batch_stats, images)[0])
 
 
-def training_split(restored: Restored) -> data.Split:
+def training_split(restored: restore.Restored) -> data.Split:
     """The training split exactly as the run drew it."""
     return data.load_for_config(restored.config).train
 
 
-def cached_training_embeddings(restored: Restored, cache_dir: Path | None = None,
+def cached_training_embeddings(restored: restore.Restored, cache_dir: Path | None = None,
                                ) -> tuple[np.ndarray, data.Split]:
-    """The training split's embeddings, computed once per checkpoint step and weights choice and
-    kept in `cache_dir` (default `WORKDIR/eval-embeddings/`), and the split."""
+    """The training split's embeddings (`embed`: by the first member of `restored`), computed
+    once per checkpoint step, weights choice and member and kept in `cache_dir` (default
+    `WORKDIR/eval-embeddings/`, `train-member<K>.npy`), and the split."""
     cache_dir = Path(cache_dir or restored.workdir / CACHE)
-    key = {"step": restored.step, "checkpoint": restored.checkpoint, "member": 0}
+    member = restored.members[0]
+    key = {"step": restored.step, "checkpoint": restored.checkpoint, "member": member}
     train = training_split(restored)
-    array, record = cache_dir / "train.npy", cache_dir / "train.json"
+    array = cache_dir / f"train-member{member}.npy"
+    record = array.with_suffix(".json")
     if record.is_file() and array.is_file():
         try:
             if json.loads(record.read_text()) == key:
@@ -131,8 +131,8 @@ def project_2d(embeddings: np.ndarray) -> np.ndarray:
     return centred @ vt[:2].T
 
 
-def embedding_map(restored: Restored, images: np.ndarray, labels: np.ndarray, title: str,
-                  out: Path) -> Path:
+def embedding_map(restored: restore.Restored, images: np.ndarray, labels: np.ndarray,
+                  title: str, out: Path) -> Path:
     """`out/embedding_map.png`: the split's embeddings in 2-D (PCA), coloured by true class."""
     points = project_2d(embed(restored, images))
     out.mkdir(parents=True, exist_ok=True)
@@ -140,7 +140,7 @@ def embedding_map(restored: Restored, images: np.ndarray, labels: np.ndarray, ti
                       out / "embedding_map.png")
 
 
-def check_k(restored: Restored, k: int) -> None:
+def check_k(restored: restore.Restored, k: int) -> None:
     """Refuses asking for more neighbours than the run's training split has images."""
     size = restored.meta["data"]["train_size"]
     if k > size:
@@ -148,7 +148,7 @@ def check_k(restored: Restored, k: int) -> None:
                         f"{restored.workdir}; give -k from 1 to {size}")
 
 
-def search(restored: Restored, queries: np.ndarray, names: Sequence[str], k: int,
+def search(restored: restore.Restored, queries: np.ndarray, names: Sequence[str], k: int,
            cache_dir: Path | None = None) -> tuple[list[dict[str, Any]], data.Split, np.ndarray]:
     """Per query: its k nearest training images (index, class, cosine distance); the training
     split, and the neighbours' indices `[Q, k]`."""
@@ -161,7 +161,8 @@ def search(restored: Restored, queries: np.ndarray, names: Sequence[str], k: int
     return results, train, found
 
 
-def precision_at_k_on_test(restored: Restored, k: int, cache_dir: Path | None = None) -> float:
+def precision_at_k_on_test(restored: restore.Restored, k: int,
+                           cache_dir: Path | None = None) -> float:
     """precision@k of the test split's images among the training images."""
     index, train = cached_training_embeddings(restored, cache_dir)
     test = evaluation.load_split(restored.config, "test")

@@ -275,6 +275,18 @@ def flip_tta(forward: Callable[[jax.Array], jax.Array]) -> Callable[[jax.Array],
     return averaged
 
 
+def member_forward(model: nn.Module, params: Any, batch_stats: Any, mean: float, std: float,
+                   tta: bool = False) -> Callable[[jax.Array], jax.Array]:
+    """One member's `forward(images uint8 [B, 28, 28, 1]) -> logits [B, 10]`: normalised, the
+    model applied for inference, with `tta` the log-probabilities of `flip_tta`."""
+
+    def forward(x: jax.Array) -> jax.Array:
+        return model.apply({"params": params, "batch_stats": batch_stats},
+                           normalize(x, mean, std), train=False)
+
+    return flip_tta(forward) if tta else forward
+
+
 def make_predict(model: nn.Module, mean: float, std: float, batch_size: int,
                  one_member_at_a_time: bool | None = None, tta: bool = False):
     """`predict(params, batch_stats, images) -> logits [S, N, 10]` for stacked members; with
@@ -290,12 +302,7 @@ def make_predict(model: nn.Module, mean: float, std: float, batch_size: int,
     """
 
     def member(params, batch_stats, images):
-        def forward(x):
-            return model.apply({"params": params, "batch_stats": batch_stats},
-                               normalize(x, mean, std), train=False)
-
-        if tta:
-            forward = flip_tta(forward)
+        forward = member_forward(model, params, batch_stats, mean, std, tta)
         n = images.shape[0]
         padded = jnp.pad(images, ((0, -n % batch_size), (0, 0), (0, 0), (0, 0)))
         logits = jax.lax.map(forward, padded.reshape(-1, batch_size, *IMAGE_SHAPE))

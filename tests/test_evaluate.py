@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fmnist_jax import calibration, comparison, data, evaluation, images, metrics
+from fmnist_jax import calibration, comparison, data, images, metrics, restore
 from fmnist_jax.errors import CheckpointError, UserError
 from subprocess_runs import ROOT, one_line_error, run
 
@@ -232,7 +232,7 @@ def test_evaluate_reads_a_release_with_its_data_elsewhere(tmp_path, real_data_di
 
 def test_a_workdir_without_checkpoints_is_a_clear_error(tmp_path):
     with pytest.raises(CheckpointError, match="holds no checkpoints; train first"):
-        evaluation.load_workdir(tmp_path)
+        restore.load_workdir(tmp_path)
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from conftest import PRETRAINED
-from fmnist_jax import data, evaluation, explain
+from fmnist_jax import data, explain, restore
 from fmnist_jax.models import create_model
 from fmnist_jax.train import normalize
 from subprocess_runs import run
@@ -97,7 +97,7 @@ def test_rank_correlation_is_one_for_a_monotone_copy_and_zero_for_a_constant_map
 
 @pytest.fixture(scope="module")
 def shipped_cnn(real_data_dir):
-    restored = evaluation.load_workdir(PRETRAINED / "cnn")
+    restored = restore.load_workdir(PRETRAINED / "cnn")
     return explain.Explainer.from_restored(restored), data.load(str(real_data_dir)).test
 
 

@@ -65,7 +65,7 @@ def test_export_refuses_contradicting_flags_before_reading_anything(flags, expec
 
 @pytest.mark.parametrize("flags, expected", [
     ((f"--workdir={RELEASE}", f"--workdir={RELEASE}", "--setting=1", "--output-dir=OUT"),
-     "--setting picks a setting of one sweep's --workdir"),
+     "--setting picks members of one --workdir; an ensemble of several takes all members"),
     ((f"--workdir={RELEASE}", "--ensemble-weights=val"), "--ensemble-weights weighs several"),
     ((f"--workdir={RELEASE}", "--output-dir=FILE"), "is a file, not a folder"),
 ])

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from conftest import PRETRAINED
-from fmnist_jax import data, evaluation, integrity, onnx_export, portable, runtime
+from fmnist_jax import data, integrity, onnx_export, portable, restore, runtime
 from fmnist_jax.errors import UserError
 from fmnist_jax.models import create_model
 
@@ -40,7 +40,7 @@ def shipped(name: str) -> onnx_export.OnnxModel:
     path = PRETRAINED / name
     if onnx_export.has_onnx(path):
         return onnx_export.load(path)
-    return onnx_export.from_restored(evaluation.for_setting(evaluation.load_workdir(path)))
+    return onnx_export.from_restored(restore.select(restore.load_workdir(path)))
 
 
 @pytest.fixture(scope="module", params=RELEASES)
@@ -48,11 +48,11 @@ def release_model(request) -> tuple[str, onnx_export.OnnxModel]:
     return request.param, shipped(request.param)
 
 
-def jax_probabilities(restored: evaluation.Restored, images: np.ndarray) -> np.ndarray:
+def jax_probabilities(restored: restore.Restored, images: np.ndarray) -> np.ndarray:
     return np.asarray(portable.probabilities_function(restored)(images))
 
 
-def assert_reproduces(model: onnx_export.OnnxModel, restored: evaluation.Restored,
+def assert_reproduces(model: onnx_export.OnnxModel, restored: restore.Restored,
                       images: np.ndarray) -> None:
     for n in (1, 3, len(images)):  # one graph for any number of images
         probabilities = model.probabilities(images[:n])
@@ -64,7 +64,7 @@ def assert_reproduces(model: onnx_export.OnnxModel, restored: evaluation.Restore
 
 def test_each_release_reproduces_the_jax_probabilities(release_model, test_split):
     name, model = release_model
-    restored = evaluation.for_setting(evaluation.load_workdir(PRETRAINED / name))
+    restored = restore.select(restore.load_workdir(PRETRAINED / name))
     assert_reproduces(model, restored, test_split.images[:64])
     if name == "cnn_deep":
         assert restored.tta, "the cnn_deep release records flip TTA: its ONNX model must do it too"
@@ -86,7 +86,7 @@ def test_every_shipped_release_carries_model_onnx():
                          f"--workdir=checkpoints/pretrained/NAME --portable-only")
 
 
-def _with_weights(restored: evaluation.Restored, model, params, batch_stats, name: str):
+def _with_weights(restored: restore.Restored, model, params, batch_stats, name: str):
     meta = dict(restored.meta, model=name)
     return dataclasses.replace(restored, model=model, params=params, batch_stats=batch_stats,
                                meta=meta)
@@ -107,7 +107,7 @@ def test_a_tiny_model_from_its_init_converts(name, test_split):
     stats = jax.tree.map(lambda x: x + rng.uniform(0.1, 0.5, x.shape).astype(x.dtype),
                          variables.get("batch_stats", {}))
     stack = lambda tree: jax.tree.map(lambda x: np.asarray(x)[None], tree)  # noqa: E731
-    base = evaluation.load_workdir(PRETRAINED / "lstm")
+    base = restore.load_workdir(PRETRAINED / "lstm")
     restored = _with_weights(base, model, stack(variables["params"]), stack(stats), name)
     assert_reproduces(onnx_export.from_restored(restored), restored, test_split.images[:16])
 
@@ -122,7 +122,7 @@ def test_the_unrolled_lstm_equals_its_scan(test_split):
 
 def test_an_ensemble_with_flip_tta_converts_to_the_members_mean(test_split):
     """Two members (the mlp release's weights and a perturbed copy), mirrored images averaged."""
-    base = evaluation.load_workdir(PRETRAINED / "mlp")
+    base = restore.load_workdir(PRETRAINED / "mlp")
     rng = np.random.default_rng(1)
     params = jax.tree.map(lambda x: np.concatenate(
         [x, x + rng.normal(0, 0.05, x.shape).astype(x.dtype)]), base.params)
@@ -171,7 +171,7 @@ def test_export_writes_model_onnx_atomically_and_it_loads(exported_release, test
     assert not [p for p in out.iterdir() if p.name.startswith(".")]
     model = runtime.load(out, "onnx")
     assert model.metadata["model"] == "lstm" and model.runtime.startswith("onnxruntime")
-    restored = evaluation.load_workdir(out)
+    restored = restore.load_workdir(out)
     chex.assert_trees_all_close(model.probabilities(test_split.images[:8]),
                                 jax_probabilities(restored, test_split.images[:8]), atol=ATOL)
     inputs, outputs = model.session.get_inputs(), model.session.get_outputs()
@@ -190,7 +190,7 @@ def test_a_model_that_does_not_convert_goes_without_in_one_line(bare_release, mo
 
     monkeypatch.setattr(onnx_export, "convert", fails)
     with caplog.at_level(logging.WARNING):
-        assert onnx_export.write(evaluation.load_workdir(bare_release), bare_release) == []
+        assert onnx_export.write(restore.load_workdir(bare_release), bare_release) == []
     assert not (bare_release / onnx_export.MODEL_FILE).exists()
     (message,) = [r.getMessage() for r in caplog.records]
     assert "does not convert to ONNX" in message and "frobnicate" in message

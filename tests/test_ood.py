@@ -15,7 +15,7 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 from conftest import PRETRAINED
-from fmnist_jax import data, evaluation, integrity, ood
+from fmnist_jax import data, integrity, ood, restore
 from subprocess_runs import run
 
 RELEASE = PRETRAINED / "lstm"  # the smallest release
@@ -23,7 +23,7 @@ RELEASE = PRETRAINED / "lstm"  # the smallest release
 
 @pytest.fixture(scope="module")
 def fitted(real_data_dir):
-    restored = evaluation.for_setting(evaluation.load_workdir(RELEASE))
+    restored = restore.select(restore.load_workdir(RELEASE))
     function, parameters, _ = ood.fit(restored)
     return ood.Detector(function, parameters)
 
@@ -36,7 +36,7 @@ def test_images(real_data_dir) -> np.ndarray:
 @pytest.fixture(scope="module")
 def with_detector(tmp_path_factory, real_data_dir) -> Path:
     copy = Path(shutil.copytree(RELEASE, tmp_path_factory.mktemp("ood") / "lstm"))
-    written = ood.write(evaluation.for_setting(evaluation.load_workdir(copy)), copy)
+    written = ood.write(restore.select(restore.load_workdir(copy)), copy)
     assert sorted(p.name for p in written) == [ood.MODEL_FILE, ood.PARAMETERS_FILE]
     integrity.record(copy, written)  # as release.write_portable does
     return copy

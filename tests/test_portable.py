@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from conftest import ROOT
-from fmnist_jax import data, evaluation, integrity, portable
+from fmnist_jax import data, integrity, portable, restore
 from fmnist_jax.errors import CheckpointError
 from subprocess_runs import run
 
@@ -45,7 +45,7 @@ def ensemble_workdir(tiny_workdir) -> Path:
 @pytest.mark.e2e
 @pytest.mark.parametrize("n", [1, 3, 17])
 def test_the_ensemble_export_equals_the_members_mean(ensemble_workdir, test_images, n):
-    restored = evaluation.load_workdir(ensemble_workdir)
+    restored = restore.load_workdir(ensemble_workdir)
     assert len(restored.seeds) == 2
     model = portable.load(ensemble_workdir)
     images = test_images.images[:n]
@@ -58,7 +58,7 @@ def test_the_ensemble_export_equals_the_members_mean(ensemble_workdir, test_imag
 
 
 def test_the_export_is_lowered_for_cpu_and_cuda_and_polymorphic_in_n(test_images):
-    exported = portable.export(evaluation.load_workdir(RELEASE))
+    exported = portable.export(restore.load_workdir(RELEASE))
     assert exported.platforms == ("cpu", "cuda")
     assert str(exported.in_avals[0].shape[0]) == "n"
     assert exported.in_avals[0].dtype == np.uint8
@@ -68,7 +68,7 @@ def test_the_export_is_lowered_for_cpu_and_cuda_and_polymorphic_in_n(test_images
 
 
 def test_a_model_recording_flip_tta_exports_it(test_images):
-    restored = evaluation.load_workdir(RELEASE)
+    restored = restore.load_workdir(RELEASE)
     restored.meta.pop("calibration", None)  # uncalibrated: TTA is the mean of two probabilities
     images = test_images.images[:3]
     plain = portable.probabilities_function(restored)
@@ -117,7 +117,7 @@ def test_the_export_loads_and_runs_without_flax(tmp_path, test_images):
     assert out["modules"] == ["fmnist_jax", "fmnist_jax.errors", "fmnist_jax.files",
                               "fmnist_jax.integrity",
                               "fmnist_jax.portable"]
-    expected = evaluation.load_workdir(RELEASE).probabilities(test_images.images[:3]).mean(0)
+    expected = restore.load_workdir(RELEASE).probabilities(test_images.images[:3]).mean(0)
     chex.assert_trees_all_close(np.array(out["probabilities"]), expected, atol=2e-6)
 
 
@@ -131,7 +131,7 @@ def test_writing_leaves_no_temporary_files(tmp_path):
     for name in (portable.MODEL_FILE, portable.METADATA_FILE):
         (release / name).unlink()
     integrity.record(release)  # a release written without them
-    written = portable.write(evaluation.load_workdir(release), release)
+    written = portable.write(restore.load_workdir(release), release)
     assert sorted(p.name for p in written) == sorted([portable.MODEL_FILE, portable.METADATA_FILE])
     assert not [p for p in release.iterdir() if p.name.startswith(".")]
     metadata = json.loads((release / portable.METADATA_FILE).read_text())

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from conftest import PRETRAINED
-from fmnist_jax import data, evaluation, portable, release
+from fmnist_jax import data, evaluation, portable, release, restore
 
 SHIPPED = sorted(p for p in PRETRAINED.iterdir() if p.is_dir()) if PRETRAINED.is_dir() else []
 SIZE_LIMIT = 40 * 2**20  # all releases together (model.onnx and ood.jaxexport each hold the weights again)
@@ -30,7 +30,7 @@ def test_the_releases_are_small_and_complete():
 @pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.name)
 def test_a_release_predicts_the_test_split_as_recorded(path, real_data_dir):
     test = data.load(str(real_data_dir)).test
-    restored = evaluation.load_workdir(path)
+    restored = restore.load_workdir(path)
     probabilities = restored.probabilities(test.images[:1])  # the first test image: an ankle boot
     assert test.labels[0] == restored.class_names.index("Ankle boot")
     assert probabilities[0, 0].argmax() == test.labels[0]
@@ -44,7 +44,7 @@ def test_a_release_predicts_the_test_split_as_recorded(path, real_data_dir):
 def test_a_release_carries_its_portable_model(path, real_data_dir):
     images = data.load_idx_folder(real_data_dir)["test"].images[:64]
     model = portable.load(path)
-    restored = evaluation.load_workdir(path)
+    restored = restore.load_workdir(path)
     assert model.class_names == restored.class_names and model.metadata["model"] == path.name
     np.testing.assert_allclose(np.asarray(model(images)), restored.probabilities(images).mean(0),
                                atol=2e-6)

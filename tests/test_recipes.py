@@ -14,7 +14,7 @@ import pytest
 
 import subprocess_runs
 from fmnist_jax import config as config_lib
-from fmnist_jax import evaluation, portable, release, run
+from fmnist_jax import evaluation, portable, release, restore, run
 from fmnist_jax import train as train_lib
 from fmnist_jax.errors import ConfigError
 from fmnist_jax.models import create_model, param_count
@@ -152,8 +152,8 @@ def test_a_release_evaluates_as_its_run_and_cannot_resume(tmp_path):
     assert record["seeds"] == [1] and record["test_accuracy"] == summary["test_accuracy"][1:]
     assert record["train_command"].startswith("python") and record["device"]
     assert release.size_bytes(out / "checkpoints") < release.size_bytes(workdir / "checkpoints") / 4
-    original = evaluation.evaluate(evaluation.load_workdir(workdir))
-    released = evaluation.evaluate(evaluation.load_workdir(out))
+    original = evaluation.evaluate(restore.load_workdir(workdir))
+    released = evaluation.evaluate(restore.load_workdir(out))
     chex.assert_trees_all_close(released.member_probabilities[0],
                                 original.member_probabilities[1], rtol=1e-6, atol=1e-7)
     assert abs(float((released.probabilities.argmax(-1) == released.labels).mean())

@@ -106,7 +106,7 @@ def test_a_release_set_aside_by_a_killed_replacement_is_put_back(mlp_release):
 def test_a_calibrated_release_divides_its_logits_by_the_temperature_fitted_on_val(
         trained, tmp_path, real_data_dir):
     # pylint: disable-next=import-outside-toplevel
-    from fmnist_jax import calibration, data, evaluation, portable
+    from fmnist_jax import calibration, data, evaluation, portable, restore
     out = tmp_path / "calibrated"
     result = export(trained, out, "--calibrated")
     assert result.returncode == 0, result.stderr[-3000:]
@@ -115,12 +115,12 @@ def test_a_calibrated_release_divides_its_logits_by_the_temperature_fitted_on_va
     temperature = record["temperature"]
     assert record["calibrated"] and metadata["calibrated"] and temperature != 1.0
     assert metadata["temperature"] == temperature and f"{temperature:.4f}" in result.stdout
-    run = evaluation.load_workdir(trained)
+    run = restore.load_workdir(trained)
     val = evaluation.evaluate(run, "val")
     assert temperature == pytest.approx(
         calibration.fit_temperature(val.member_probabilities, val.labels), rel=1e-3)
     images = data.load(real_data_dir).test.images[:64]
     expected = calibration.scale(run.probabilities(images), temperature)
     np.testing.assert_allclose(portable.load(out)(images), expected, atol=1e-5)
-    np.testing.assert_allclose(evaluation.load_workdir(out).probabilities(images)[0], expected,
+    np.testing.assert_allclose(restore.load_workdir(out).probabilities(images)[0], expected,
                                atol=1e-5)

@@ -20,7 +20,7 @@ import pytest
 from jax.sharding import AbstractMesh
 
 import subprocess_runs
-from fmnist_jax import evaluation, run, sharding
+from fmnist_jax import restore, run, sharding
 from fmnist_jax import train as train_lib
 from fmnist_jax.checkpointing import Checkpoints
 from fmnist_jax.errors import ConfigError
@@ -144,7 +144,7 @@ def read_state(workdir: Path, step: int) -> dict:
     """The state a checkpoint holds, restored onto this session's one device as `_resume` does."""
     with Checkpoints(workdir, read_only=True) as ckpts:
         _, meta = ckpts.restore_meta(step)
-        config = evaluation.config_from_meta(meta)
+        config = restore.config_from_meta(meta)
         template = run.initial_states(config, run.build(config, meta["data"]["train_size"]))
         return flax.serialization.to_state_dict(train_lib.to_host(ckpts.restore_state(step, template)))
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from conftest import PRETRAINED
-from fmnist_jax import data, evaluation, similar
+from fmnist_jax import data, restore, similar
 from fmnist_jax.models import create_model
 from subprocess_runs import run
 from test_explain import TINY, random_images
@@ -49,7 +49,7 @@ def test_the_principal_components_come_first():
 
 @pytest.fixture(scope="module")
 def shipped_mlp(real_data_dir):
-    return evaluation.load_workdir(PRETRAINED / "mlp", data_dir=real_data_dir)
+    return restore.load_workdir(PRETRAINED / "mlp", data_dir=real_data_dir)
 
 
 def test_a_training_image_is_its_own_nearest_neighbour(shipped_mlp, real_data_dir):
@@ -65,7 +65,7 @@ def test_a_training_image_is_its_own_nearest_neighbour(shipped_mlp, real_data_di
 def test_training_embeddings_are_computed_once_per_checkpoint(shipped_mlp, tmp_path, monkeypatch):
     embeddings, train = similar.cached_training_embeddings(shipped_mlp, tmp_path)
     assert len(embeddings) == len(train.labels)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["train.json", "train.npy"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["train-member0.json", "train-member0.npy"]
 
     def no_second_pass(*_):
         raise AssertionError("the cache was not used")

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import subprocess_runs as runs
-from fmnist_jax import report, run, sweep
+from fmnist_jax import report, restore, run, sweep
 from fmnist_jax import train as train_lib
 from fmnist_jax.errors import ConfigError
 from test_train import BATCH, setup, small_config
@@ -39,10 +39,6 @@ def train_steps(config, num_steps=STEPS, num_train=256):
     for i in range(num_steps):
         states, acc = span(states, acc, images, labels, perms, i, i, keys["dropout"], length=1)
     return states, acc
-
-
-def member(tree, m):
-    return jax.tree.map(lambda x: x[m:m + 1], tree)
 
 
 NO_BATCH_NORM = {"model.use_batch_norm": False}  # Adam: see `small_config`
@@ -80,14 +76,14 @@ def test_member_equals_the_plain_run_of_its_setting_and_seed(specs, overrides, a
     assert last == 2 * len(sweep.settings(config)) - 1
     single, single_acc = train_steps(sweep.setting_config(config, len(sweep.settings(config)) - 1,
                                                           seed=4))
-    got = member(states, last)
+    got = restore.pick_members(states, [last])
     chex.assert_trees_all_close(got.params, single.params, rtol=2e-5, atol=atol)
     chex.assert_trees_all_close(acc["loss"][last:], single_acc["loss"], rtol=2e-5)
     if jax.tree.leaves(single.ema_params):
         chex.assert_trees_all_close(got.ema_params, single.ema_params, rtol=2e-5, atol=atol)
     # the varied value mattered: the first and last settings' members of one seed differ, by
     # far more than the tolerance
-    first = compared(member(states, 1))
+    first = compared(restore.pick_members(states, [1]))
     difference = max(float(np.abs(a - b).max()) for a, b in zip(
         jax.tree.leaves(first), jax.tree.leaves(compared(got))))
     assert difference > 10 * atol, difference

@@ -16,7 +16,7 @@ import pytest
 import subprocess_runs
 from conftest import PRETRAINED, synthetic_split
 from fmnist_jax import config as config_lib
-from fmnist_jax import evaluation, run
+from fmnist_jax import evaluation, restore, run
 from fmnist_jax import train as train_lib
 from fmnist_jax.errors import CheckpointError
 from fmnist_jax.models import create_model
@@ -98,11 +98,11 @@ def test_a_release_records_tta_and_evaluation_follows_it(tmp_path):
     assert json.loads((out / "config.json").read_text())["config"]["tta"] is True
     assert record["run_test_accuracy"] == summary["test_accuracy"]
 
-    default = evaluation.evaluate(evaluation.load_workdir(out))
+    default = evaluation.evaluate(restore.load_workdir(out))
     assert default.restored.tta
     accuracy = float((default.probabilities.argmax(-1) == default.labels).mean())
     assert accuracy == pytest.approx(record["test_accuracy"][0], abs=1e-9)
-    without = evaluation.evaluate(evaluation.load_workdir(out, tta=False))
+    without = evaluation.evaluate(restore.load_workdir(out, tta=False))
     assert float((without.probabilities.argmax(-1) == without.labels).mean()) == pytest.approx(
         summary["test_accuracy"][0], abs=1e-9)
     assert not np.allclose(default.member_probabilities, without.member_probabilities)

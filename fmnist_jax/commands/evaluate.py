@@ -13,7 +13,8 @@ explains its predictions too (Grad-CAM, integrated gradients and their sanity ch
 calibrates them: a temperature fitted on the validation split, the ECE and log loss before and after
 it, a reliability diagram and an accuracy-coverage curve (`export.py --calibrated` ships it).
 Of a sweep (train.py --sweep), the members of one setting are evaluated: the best on validation
-unless --setting says otherwise.
+unless --setting says otherwise; --seed or --member evaluates one member alone. The explanations
+and the embedding map are of the first member evaluated.
 """
 
 from __future__ import annotations
@@ -25,12 +26,13 @@ from fmnist_jax import cli
 from fmnist_jax.errors import UserError
 
 
-def evaluate_one(args, out: Path) -> tuple[dict, list[Path]]:
-    """One workdir: its metrics, files, figures, embedding map and explanations."""
+def evaluate_one(args, out: Path, choice: dict) -> tuple[dict, list[Path]]:
+    """One workdir's members of `choice` (`restore.select`): their metrics, files, figures,
+    embedding map and explanations."""
     # pylint: disable-next=import-outside-toplevel
-    from fmnist_jax import calibration, evaluation, explain, locking, similar
-    restored = evaluation.for_setting(evaluation.load_workdir(
-        args.workdir[0], args.checkpoint, args.data_dir, args.tta), args.setting)
+    from fmnist_jax import calibration, evaluation, explain, locking, restore, similar
+    restored = restore.select(restore.load_workdir(
+        args.workdir[0], args.checkpoint, args.data_dir, args.tta), **choice)
     result = evaluation.evaluate(restored, args.split)
     summary = evaluation.summarize(result)
     with locking.exclusive(out):  # one evaluation at a time writes `out`
@@ -79,16 +81,16 @@ def main(argv) -> None:
                         help="skip the calibration (temperature scaling fitted on the validation "
                              "split, ECE and log loss before and after, reliability diagram, "
                              "accuracy-coverage curve)")
-    parser.add_argument("--setting", type=cli.whole_number(0), metavar="K",
-                        help="of a sweep: evaluate the members of setting K (see its sweep.md); "
-                             "default the best setting, chosen on the validation split")
+    cli.add_member_flags(parser, "all members; of a sweep, the best setting's")
     cli.add_data_flag(parser)
     cli.add_tta_flag(parser, "as the run or release recorded, config.tta")
     parser.add_argument("--debug", action="store_true", help="show tracebacks of input errors")
     args = parser.parse_args(argv)
-    if len(args.workdir) > 1 and args.setting is not None:
-        parser.error("--setting picks a setting of one sweep's --workdir; an ensemble of several "
-                     "takes each one's best setting")
+    choice = cli.member_choice(parser, args)
+    given = [f"--{flag}" for flag, value in choice.items() if value is not None]
+    if len(args.workdir) > 1 and given:
+        parser.error(f"{', '.join(given)} picks members of one --workdir; an ensemble of several "
+                     f"takes all members of each (of a sweep, its best setting's)")
     if len(args.workdir) == 1 and args.ensemble_weights != "equal":
         parser.error("--ensemble-weights weighs several --workdir; give two or more")
     start = time.perf_counter()
@@ -97,7 +99,8 @@ def main(argv) -> None:
     if len(args.workdir) > 1 and not args.output_dir:
         raise UserError("several --workdir make an ensemble: give --output-dir=DIR for it")
     out = Path(args.output_dir or evaluation.default_output_dir(args.workdir[0], args.split))
-    summary, written = (evaluate_ensemble if len(args.workdir) > 1 else evaluate_one)(args, out)
+    summary, written = (evaluate_ensemble(args, out) if len(args.workdir) > 1
+                        else evaluate_one(args, out, choice))
     print(report.headline(summary))
     print(report.per_class_table(summary))
     print(f"wrote {len(written)} files to {out} in {time.perf_counter() - start:.1f}s "

@@ -9,7 +9,7 @@ predict.py read as they read the run itself (see fmnist_jax/release.py).
   python scripts/export.py --workdir=RUN --out=DIR --calibrated   # temperature fitted on validation
 
 Of a sweep (train.py --sweep), one member is released: the best setting's (chosen on validation)
-best member, or its member of --seed, or any --member=K.
+best member, or its member of --seed, or the best member of --setting=K, or any --member=K.
 """
 
 from __future__ import annotations
@@ -23,7 +23,6 @@ def main(argv) -> None:
     parser.add_argument("--out", help="the release folder to write")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace the release in --out (only a release, never another folder)")
-    parser.add_argument("--seed", type=int, help="release this member only (default: all)")
     parser.add_argument("--portable-only", action="store_true",
                         help="write only the portable model (model.jaxexport, model.json, and "
                              "model.onnx with the [onnx] extra) into --workdir, a run or a "
@@ -33,16 +32,14 @@ def main(argv) -> None:
                         help="divide the model's logits by a temperature fitted on the validation "
                              "split, so that its probabilities match its accuracy (recorded in "
                              "release.json and model.json)")
-    parser.add_argument("--member", type=cli.whole_number(0), metavar="K",
-                        help="release member K only (of a sweep: setting K // seeds, seed "
-                             "SEED + K %% seeds)")
+    cli.add_member_flags(parser, "all members; of a sweep, the best setting's best member")
     parser.add_argument("--debug", action="store_true", help="show tracebacks of input errors")
     args = parser.parse_args(argv)
     if (args.out is None) != args.portable_only:
         parser.error("give either --out=DIR (a release) or --portable-only")
-    cli.refuse_together(parser, args, "--member", ["seed"],
-                        "it names the member itself; give one of them")
-    cli.refuse_together(parser, args, "--portable-only", ["seed", "member", "overwrite", "tta"],
+    choice = cli.member_choice(parser, args)
+    cli.refuse_together(parser, args, "--portable-only",
+                        [*cli.MEMBER_FLAGS, "overwrite", "tta"],
                         "it exports the model of --workdir as it is, into --workdir")
     from fmnist_jax import release  # pylint: disable=import-outside-toplevel
     if args.portable_only:
@@ -50,8 +47,9 @@ def main(argv) -> None:
         print(f"wrote {', '.join(str(p) for p in paths)}: "
               f"{sum(p.stat().st_size for p in paths) / 2**20:.1f} MiB")
         return
-    record = release.export(args.workdir, args.out, args.seed, cli.command_line(),
-                            args.overwrite, args.tta, args.member, args.calibrated)
+    record = release.export(args.workdir, args.out, command=cli.command_line(),
+                            overwrite=args.overwrite, tta=args.tta, calibrated=args.calibrated,
+                            **choice)
     accuracy = ", ".join(f"{a:.2%}" for a in record["test_accuracy"])
     tta = " with flip TTA" if record["tta"] else ""
     if record["calibrated"]:

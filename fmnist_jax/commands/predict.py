@@ -46,15 +46,18 @@ def main(argv) -> None:
     parser.add_argument("--explain", metavar="DIR", type=cli.output_dir,
                         help="also write heat maps (Grad-CAM for convolutional models, integrated "
                              "gradients for all) of the predicted and runner-up classes to DIR")
+    cli.add_member_flags(parser, "all members; of a sweep, the best setting's")
     cli.add_runtime_flag(parser)
     parser.add_argument("--debug", action="store_true", help="show tracebacks of input errors")
     args = parser.parse_args(argv)
+    choice = cli.member_choice(parser, args)
     from fmnist_jax import ood  # pylint: disable=import-outside-toplevel
     detector = ood.load(args.workdir) if args.checkpoint == "best" else None
     if args.runtime != "jax":
         given = [flag for flag, given in (("--explain", args.explain is not None),
                                           ("--tta/--no-tta", args.tta is not None),
-                                          ("--checkpoint=latest", args.checkpoint == "latest"))
+                                          ("--checkpoint=latest", args.checkpoint == "latest"),
+                                          *((f"--{f}", v is not None) for f, v in choice.items()))
                  if given]
         if given:
             parser.error(f"{', '.join(given)} needs the jax runtime: --runtime={args.runtime} runs "
@@ -65,9 +68,9 @@ def main(argv) -> None:
             lambda x: metrics.check_finite(model.probabilities(x), args.workdir),
             model.class_names, args.images, args.top, detector)
     else:
-        from fmnist_jax import evaluation, explain  # pylint: disable=import-outside-toplevel
-        restored = evaluation.for_setting(
-            evaluation.load_workdir(args.workdir, args.checkpoint, tta=args.tta))
+        from fmnist_jax import explain, restore  # pylint: disable=import-outside-toplevel
+        restored = restore.select(
+            restore.load_workdir(args.workdir, args.checkpoint, tta=args.tta), **choice)
         results = images.classify(lambda x: restored.probabilities(x).mean(0),
                                   restored.class_names, args.images, args.top, detector)
         if args.explain:

@@ -5,7 +5,8 @@
 
 Writes OUTPUT.png (each query, then its k nearest training images) and OUTPUT.json (their indices
 in the training split, classes and cosine distances). The training split's embeddings are computed
-once per checkpoint and cached in WORKDIR/eval-embeddings/.
+once per checkpoint and member and cached in WORKDIR/eval-embeddings/. A multi-seed run or sweep is
+searched through one member: the first of those --setting, --seed or --member choose.
 """
 
 from __future__ import annotations
@@ -35,15 +36,17 @@ def main(argv) -> None:
     parser.add_argument("--cache-dir", type=cli.output_dir,
                         help="where the training embeddings are cached "
                              "(default WORKDIR/eval-embeddings)")
+    cli.add_member_flags(parser, "the first member; of a sweep, the best setting's first")
     cli.add_data_flag(parser)
     parser.add_argument("--debug", action="store_true", help="show tracebacks of input errors")
     args = parser.parse_args(argv)
+    choice = cli.member_choice(parser, args)
     if not args.images and not args.precision_at_k:
         raise UserError("give image files to search for, or --precision-at-k")
     # pylint: disable-next=import-outside-toplevel
-    from fmnist_jax import evaluation, images, plots, similar
-    restored = evaluation.for_setting(
-        evaluation.load_workdir(args.workdir, args.checkpoint, args.data_dir))
+    from fmnist_jax import images, plots, restore, similar
+    restored = restore.select(
+        restore.load_workdir(args.workdir, args.checkpoint, args.data_dir), **choice)
     similar.check_k(restored, args.k)
     if args.images:
         queries = np.stack([images.load_image(p) for p in args.images])
