@@ -239,6 +239,8 @@ def test_metrics_count_requests_and_nothing_compiled_after_warm_up(server):
     # the batch sizes 1, 8 and 32, at start, for the model and for its out-of-distribution detector
     assert metric(url, "fmnist_compilations_total") == 6
     # (and after the concurrent, blank and explain requests above: nothing compiled since)
+    too_many = [("image", ("a.png", b"x"))] * 129  # its own refused request: tests run apart
+    assert httpx.post(f"{url}/v1/classify", files=too_many).status_code == 413
     text = httpx.get(f"{url}/metrics").text
     assert re.search(r'fmnist_requests_total\{path="/v1/classify",status="413"\} [1-9]', text)
     assert metric(url, "fmnist_request_latency_seconds_count") > 0
