@@ -97,3 +97,12 @@ def test_offline_download_fails_fast_with_instructions(monkeypatch, tmp_path):
     monkeypatch.setattr(data, "network_reachable", lambda *a, **k: False)
     with pytest.raises(DataError, match="apt-get install -y dataset-fashion-mnist"):
         data.download(tmp_path)
+
+
+@pytest.mark.parametrize("low, high", [(0, 256), (7, 8), (250, 256)])
+def test_pixel_stats_from_the_histogram_equal_the_float_computation(low, high):
+    images = np.random.default_rng(low).integers(low, high, (300, 28, 28, 1), dtype=np.uint8)
+    scaled = images.astype(np.float64) / 255.0
+    mean, std = data.pixel_stats(images)
+    assert mean == pytest.approx(scaled.mean(), rel=1e-12, abs=1e-15)
+    assert std == pytest.approx(scaled.std(), rel=1e-9, abs=1e-15)
