@@ -99,7 +99,7 @@ def main(argv: list[str]) -> int:
         return 2
     python = ensure_environment(stack, options.get("python"))
     if task == "test":
-        command = [python, "-m", "pytest", "-n", "2", *rest]
+        command = [python, "-m", "pytest", "-n", "2", "--dist=loadgroup", *rest]
     else:
         warn_if_no_data()
         command = [python, "-m", "fmnist_jax", task, *rest]

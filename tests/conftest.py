@@ -72,3 +72,21 @@ def tiny_workdir(tmp_path_factory, real_data_dir) -> Callable[[int], Path]:
 def pytest_runtest_setup(item: pytest.Item) -> None:
     """Before the test's fixtures are set up: whether it (and they) may run scripts."""
     subprocess_runs.E2E_ALLOWED = item.get_closest_marker("e2e") is not None
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # pytest-xdist declares it only when it runs (-n); --strict-markers refuses it otherwise
+    config.addinivalue_line("markers", "xdist_group(name): tests that run on one xdist worker")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The tests of a module that share a module-scoped fixture (a server, a trained workdir, a
+    fitted detector) run on one xdist worker (`--dist=loadgroup`, tasks.py), so that it is built
+    once, not once per worker; every other test goes wherever a worker is free."""
+    for item in items:
+        definitions = getattr(item, "_fixtureinfo", None)
+        if definitions is None:
+            continue
+        if any(d.scope == "module" for defs in definitions.name2fixturedefs.values()
+               for d in defs):
+            item.add_marker(pytest.mark.xdist_group(item.module.__name__))
