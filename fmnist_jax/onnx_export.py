@@ -150,10 +150,6 @@ def session(model: bytes | str | Path) -> Any:
     return onnxruntime.InferenceSession(source, options, providers=["CPUExecutionProvider"])
 
 
-def has_onnx(folder: str | Path) -> bool:
-    return (Path(folder) / MODEL_FILE).is_file()
-
-
 def load(path: str | Path) -> OnnxModel:
     """The ONNX model in `path`: a folder holding `model.onnx` and `model.json`, or that file."""
     model_path, metadata = portable.locate(path, MODEL_FILE, "ONNX model")

@@ -143,10 +143,6 @@ class Portable(Described):
         return jax.jit(traced)
 
 
-def has_export(folder: str | Path) -> bool:
-    return (Path(folder) / MODEL_FILE).is_file()
-
-
 def locate(path: str | Path, model_file: str, kind: str) -> tuple[Path, dict[str, Any]]:
     """The `model_file` in `path` (a folder holding it, or that file itself) and its
     `model.json`, or a CheckpointError naming the `kind` of model missing and the fix."""
@@ -164,3 +160,8 @@ def load(path: str | Path) -> Portable:
     """The portable model in `path`: a folder holding `model.jaxexport`, or that file itself."""
     model_path, metadata = locate(path, MODEL_FILE, "portable model")
     return Portable(jax.export.deserialize(bytearray(model_path.read_bytes())), metadata)
+
+
+def from_restored(restored: Restored) -> Portable:
+    """`restored` exported in memory (for a workdir that has no `model.jaxexport`)."""
+    return Portable(export(restored), metadata(restored))

@@ -10,8 +10,9 @@ from pathlib import Path
 from fmnist_jax import onnx_export, portable
 from fmnist_jax.errors import UserError
 
-RUNTIMES = {"jax": (portable.MODEL_FILE, portable.has_export),
-            "onnx": (onnx_export.MODEL_FILE, onnx_export.has_onnx)}
+# runtime -> (its model file, loading that file or a folder holding it, converting a `Restored`)
+RUNTIMES = {"jax": (portable.MODEL_FILE, portable.load, portable.from_restored),
+            "onnx": (onnx_export.MODEL_FILE, onnx_export.load, onnx_export.from_restored)}
 Model = portable.Portable | onnx_export.OnnxModel
 
 
@@ -21,20 +22,16 @@ def load(path: str | Path, runtime: str = "jax") -> Model:
     if runtime not in RUNTIMES:
         raise UserError(f"unknown runtime {runtime!r}; choose one of {', '.join(RUNTIMES)}")
     path = Path(path)
-    file_name, has_file = RUNTIMES[runtime]
-    loader = onnx_export.load if runtime == "onnx" else portable.load
+    file_name, loader, from_restored = RUNTIMES[runtime]
     if path.is_file():
         if path.suffix != Path(file_name).suffix:
             raise UserError(f"{path} is not a {file_name} file: the {runtime} runtime reads "
                             f"{file_name}, or a release or workdir folder")
         return loader(path)
-    if has_file(path):
+    if (path / file_name).is_file():
         return loader(path)
     if not path.is_dir():
         raise UserError(f"{path}: no such workdir, release or exported model; give a folder that "
                         f"scripts/train.py or scripts/export.py wrote")
     from fmnist_jax import restore  # pylint: disable=import-outside-toplevel
-    restored = restore.select(restore.load_workdir(path))
-    if runtime == "onnx":
-        return onnx_export.from_restored(restored)
-    return portable.Portable(portable.export(restored), portable.metadata(restored))
+    return from_restored(restore.select(restore.load_workdir(path)))

@@ -38,7 +38,7 @@ def test_split(real_data_dir) -> data.Split:
 def shipped(name: str) -> onnx_export.OnnxModel:
     """The release's `model.onnx`, or its conversion in memory where the release has none yet."""
     path = PRETRAINED / name
-    if onnx_export.has_onnx(path):
+    if (path / onnx_export.MODEL_FILE).is_file():
         return onnx_export.load(path)
     return onnx_export.from_restored(restore.select(restore.load_workdir(path)))
 
@@ -81,7 +81,7 @@ def test_each_release_keeps_its_recorded_test_accuracy(release_model, test_split
 
 
 def test_every_shipped_release_carries_model_onnx():
-    missing = [name for name in RELEASES if not onnx_export.has_onnx(PRETRAINED / name)]
+    missing = [name for name in RELEASES if not (PRETRAINED / name / onnx_export.MODEL_FILE).is_file()]
     assert not missing, (f"{missing} have no model.onnx: python scripts/export.py "
                          f"--workdir=checkpoints/pretrained/NAME --portable-only")
 
