@@ -39,11 +39,12 @@ def workdirs(tiny_workdir) -> dict[str, Path]:
 
 @pytest.fixture(scope="session")
 def evaluated(workdirs) -> dict[str, tuple[Path, str]]:
-    """The single workdir evaluated on the test split, the pair on the validation split."""
+    """The single workdir evaluated on the test split, the pair on the validation split (its
+    explanations and calibration, which the single's tests check, skipped)."""
     single = _ok(run("evaluate", f"--workdir={workdirs['single']}"))
     out = workdirs["pair"].parent / "pair-val"
     pair = _ok(run("evaluate", f"--workdir={workdirs['pair']}", "--split=val",
-                   f"--output-dir={out}"))
+                   f"--output-dir={out}", "--no-explain", "--no-calibration"))
     return {"single": (workdirs["single"] / "eval-test", single.stdout),
             "pair": (out, pair.stdout)}
 
@@ -170,7 +171,8 @@ def test_compare_puts_models_side_by_side_with_mean_and_std(evaluated, workdirs,
     output = tmp_path / "compare.md"
     with pytest.raises(UserError, match=r"no evaluation of the val split \(.*\); run scripts/eval"):
         comparison.find_metrics(workdirs["single"], "val")
-    _ok(run("evaluate", f"--workdir={workdirs['single']}", "--split=val"))
+    _ok(run("evaluate", f"--workdir={workdirs['single']}", "--split=val", "--no-explain",
+            "--no-calibration"))
     result = _ok(run("compare", str(workdirs["single"]), str(evaluated["pair"][0]),
                      "--split=val", f"--output={output}"))
     table = output.read_text()
