@@ -155,8 +155,9 @@ class Explainer:
 
     def random_variables(self, seed: int = 0) -> Any:
         """Freshly initialised weights of the same model (the model-randomisation check)."""
-        variables = self.model.init(jax.random.key(seed), jnp.zeros((1, *train_lib.IMAGE_SHAPE)),
-                                    train=False)
+        # Jitted: an eager init dispatches (and compiles) each initializer's ops one by one.
+        init = jax.jit(functools.partial(self.model.init, train=False))
+        variables = init(jax.random.key(seed), jnp.zeros((1, *train_lib.IMAGE_SHAPE)))
         return {"batch_stats": {}, **variables}
 
     @functools.cached_property

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from conftest import PRETRAINED
-from fmnist_jax import ensemble
+from fmnist_jax import ensemble, evaluation, restore
 from fmnist_jax.errors import UserError
 from subprocess_runs import run, run_main
 from test_evaluate import read_predictions
@@ -51,14 +51,24 @@ def test_parts_with_different_splits_are_refused_with_the_fix():
                                    fake_part(images, np.array([0, 1, 2, 4]))])
 
 
+def evaluate_alone(name: str, data_dir, out):
+    """The release evaluated alone on the test split, in this process, as `evaluate.py` does
+    (`evaluation.evaluate`, `summarize`): its metrics.json and predictions.csv in `out` (no
+    figures: only the numbers are compared)."""
+    restored = restore.select(restore.load_workdir(PRETRAINED / name, data_dir=data_dir))
+    result = evaluation.evaluate(restored)
+    summary = evaluation.summarize(result)
+    out.mkdir(parents=True)
+    (out / "metrics.json").write_text(json.dumps(summary, indent=2) + "\n")
+    evaluation.write_predictions(out / "predictions.csv", result.probabilities, result.labels,
+                                 summary["class_names"])
+    return out
+
+
 @pytest.mark.e2e
 def test_the_ensemble_of_two_releases_averages_their_predictions(tmp_path, real_data_dir):
-    single = {}
-    for name in ("mlp", "lstm"):
-        single[name] = tmp_path / name
-        result = run("evaluate", f"--workdir={PRETRAINED / name}", "--no-explain",
-                     f"--output-dir={single[name]}", f"--data-dir={real_data_dir}")
-        assert result.returncode == 0, result.stderr
+    single = {name: evaluate_alone(name, real_data_dir, tmp_path / name)
+              for name in ("mlp", "lstm")}
     out = tmp_path / "ensemble"
     result = run("evaluate", f"--workdir={PRETRAINED / 'mlp'}", f"--workdir={PRETRAINED / 'lstm'}",
                  f"--output-dir={out}", f"--data-dir={real_data_dir}")

@@ -39,11 +39,12 @@ def workdirs(tiny_workdir) -> dict[str, Path]:
 
 @pytest.fixture(scope="session")
 def evaluated(workdirs) -> dict[str, tuple[Path, str]]:
-    """The single workdir evaluated on the test split, the pair on the validation split."""
+    """The single workdir evaluated on the test split, the pair on the validation split (its
+    explanations and calibration, which the single's tests check, skipped)."""
     single = _ok(run("evaluate", f"--workdir={workdirs['single']}"))
     out = workdirs["pair"].parent / "pair-val"
     pair = _ok(run("evaluate", f"--workdir={workdirs['pair']}", "--split=val",
-                   f"--output-dir={out}"))
+                   f"--output-dir={out}", "--no-explain", "--no-calibration"))
     return {"single": (workdirs["single"] / "eval-test", single.stdout),
             "pair": (out, pair.stdout)}
 
@@ -170,7 +171,8 @@ def test_compare_puts_models_side_by_side_with_mean_and_std(evaluated, workdirs,
     output = tmp_path / "compare.md"
     with pytest.raises(UserError, match=r"no evaluation of the val split \(.*\); run scripts/eval"):
         comparison.find_metrics(workdirs["single"], "val")
-    _ok(run("evaluate", f"--workdir={workdirs['single']}", "--split=val"))
+    _ok(run("evaluate", f"--workdir={workdirs['single']}", "--split=val", "--no-explain",
+            "--no-calibration"))
     result = _ok(run("compare", str(workdirs["single"]), str(evaluated["pair"][0]),
                      "--split=val", f"--output={output}"))
     table = output.read_text()
@@ -218,8 +220,9 @@ def test_evaluate_reads_a_release_with_its_data_elsewhere(tmp_path, real_data_di
         shutil.copy(real_data_dir / name, elsewhere / name)
     home = {"HOME": str(tmp_path / "home"), "TFDS_DATA_DIR": str(tmp_path / "home" / "tfds")}
     out = tmp_path / "eval"
+    # no Debian folder, no network: only --data-dir (explanations, which read no data, skipped)
     _ok(run("evaluate", f"--workdir={release}", f"--data-dir={elsewhere}", f"--output-dir={out}",
-            fault="offline", env=home))  # no Debian folder, no network: only --data-dir
+            "--no-explain", fault="offline", env=home))
     recorded = json.loads((release / "release.json").read_text())["test_accuracy"][0]
     assert json.loads((out / "metrics.json").read_text())["accuracy"] == pytest.approx(recorded)
     missing = one_line_error(run("evaluate", f"--workdir={release}", f"--output-dir={out}",

@@ -98,7 +98,7 @@ def test_rank_correlation_is_one_for_a_monotone_copy_and_zero_for_a_constant_map
 @pytest.fixture(scope="module")
 def shipped_cnn(real_data_dir):
     restored = restore.load_workdir(PRETRAINED / "cnn")
-    return explain.Explainer.from_restored(restored), data.load(str(real_data_dir)).test
+    return explain.Explainer.from_restored(restored), data.load_idx_folder(real_data_dir)["test"]
 
 
 def test_maps_of_the_trained_cnn_differ_from_those_of_random_weights(shipped_cnn):
@@ -127,7 +127,7 @@ def test_deleting_attributed_pixels_first_lowers_the_probability_faster(shipped_
 @pytest.mark.e2e
 def test_predict_explain_writes_heat_maps(real_data_dir, tmp_path):
     from PIL import Image  # pylint: disable=import-outside-toplevel
-    test = data.load(str(real_data_dir)).test
+    test = data.load_idx_folder(real_data_dir)["test"]
     for i in range(2):
         Image.fromarray(test.images[i, ..., 0]).save(tmp_path / f"item{i}.png")
     out = tmp_path / "maps"

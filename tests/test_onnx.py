@@ -23,7 +23,7 @@ from fmnist_jax import data, integrity, onnx_export, portable, restore, runtime
 from fmnist_jax.errors import UserError
 from fmnist_jax.models import create_model
 
-from subprocess_runs import run, serving
+from subprocess_runs import run, run_main, serving
 from test_serving import png
 
 RELEASES = ("mlp", "cnn", "cnn_deep", "lstm")
@@ -238,6 +238,6 @@ def test_predict_with_the_onnx_runtime_matches_jax(tmp_path, test_split):
         assert [t["class"] for t in jax_result["top"]] == [t["class"] for t in onnx_result["top"]]
         chex.assert_trees_all_close(jax_result["top"][0]["probability"],
                                     onnx_result["top"][0]["probability"], atol=ATOL)
-    refused = run("predict", f"--workdir={release_dir}", "--runtime=onnx",
-                         f"--explain={tmp_path}", str(files[0]))
+    refused = run_main("predict", f"--workdir={release_dir}", "--runtime=onnx",  # a flag error
+                       f"--explain={tmp_path}", str(files[0]))
     assert refused.returncode == 2 and "needs the jax runtime" in refused.stderr

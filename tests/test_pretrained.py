@@ -29,7 +29,7 @@ def test_the_releases_are_small_and_complete():
 @pytest.mark.e2e
 @pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.name)
 def test_a_release_predicts_the_test_split_as_recorded(path, real_data_dir):
-    test = data.load(str(real_data_dir)).test
+    test = data.load_idx_folder(real_data_dir)["test"]
     restored = restore.load_workdir(path)
     probabilities = restored.probabilities(test.images[:1])  # the first test image: an ankle boot
     assert test.labels[0] == restored.class_names.index("Ankle boot")

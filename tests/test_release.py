@@ -119,7 +119,7 @@ def test_a_calibrated_release_divides_its_logits_by_the_temperature_fitted_on_va
     val = evaluation.evaluate(run, "val")
     assert temperature == pytest.approx(
         calibration.fit_temperature(val.member_probabilities, val.labels), rel=1e-3)
-    images = data.load(real_data_dir).test.images[:64]
+    images = data.load_idx_folder(real_data_dir)["test"].images[:64]
     expected = calibration.scale(run.probabilities(images), temperature)
     np.testing.assert_allclose(portable.load(out)(images), expected, atol=1e-5)
     np.testing.assert_allclose(restore.load_workdir(out).probabilities(images)[0], expected,

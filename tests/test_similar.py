@@ -53,7 +53,7 @@ def shipped_mlp(real_data_dir):
 
 
 def test_a_training_image_is_its_own_nearest_neighbour(shipped_mlp, real_data_dir):
-    images = data.load(str(real_data_dir)).test.images[:300]
+    images = data.load_idx_folder(real_data_dir)["test"].images[:300]
     index = similar.embed(shipped_mlp, images)
     chex.assert_shape(index, (300, None))
     chex.assert_tree_all_finite(index)
@@ -78,7 +78,7 @@ def test_training_embeddings_are_computed_once_per_checkpoint(shipped_mlp, tmp_p
 @pytest.mark.e2e
 def test_similar_script_writes_the_grid_and_json(real_data_dir, tmp_path):
     from PIL import Image  # pylint: disable=import-outside-toplevel
-    test = data.load(str(real_data_dir)).test
+    test = data.load_idx_folder(real_data_dir)["test"]
     Image.fromarray(test.images[0, ..., 0]).save(tmp_path / "boot.png")
     out = tmp_path / "found"
     result = run("similar", f"--workdir={PRETRAINED / 'mlp'}", str(tmp_path / "boot.png"),

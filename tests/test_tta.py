@@ -107,7 +107,7 @@ def test_a_release_records_tta_and_evaluation_follows_it(tmp_path):
         summary["test_accuracy"][0], abs=1e-9)
     assert not np.allclose(default.member_probabilities, without.member_probabilities)
 
-    evaluated = subprocess_runs.run("evaluate", f"--workdir={out}", "--no-tta",
+    evaluated = subprocess_runs.run("evaluate", f"--workdir={out}", "--no-tta", "--no-explain",
                                     f"--output-dir={tmp_path / 'eval'}")
     assert evaluated.returncode == 0, evaluated.stderr[-3000:]
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
