@@ -6,6 +6,7 @@ import functools
 from collections.abc import Callable
 from pathlib import Path
 
+import jax
 import numpy as np
 import pytest
 
@@ -66,6 +67,17 @@ def tiny_workdir(tmp_path_factory, real_data_dir) -> Callable[[int], Path]:
         assert result.returncode == 0, result.stderr[-3000:]
         return workdir
     return trained
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """In-process compiles share the scripts' persistent compilation cache
+    (subprocess_runs.COMPILATION_CACHE), so that a rerun skips them as the scripts' runs do; set
+    before collection, since jax decides on its first compile whether it uses a cache at all.
+    Safe for bitwise comparisons: a cached program is the same program."""
+    del config
+    if not jax.config.jax_compilation_cache_dir:
+        jax.config.update("jax_compilation_cache_dir", str(subprocess_runs.COMPILATION_CACHE))
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
 
 
 @pytest.hookimpl(tryfirst=True)
