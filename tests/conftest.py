@@ -6,6 +6,7 @@ import functools
 from collections.abc import Callable
 from pathlib import Path
 
+import jax
 import numpy as np
 import pytest
 
@@ -77,6 +78,13 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
 def pytest_configure(config: pytest.Config) -> None:
     # pytest-xdist declares it only when it runs (-n); --strict-markers refuses it otherwise
     config.addinivalue_line("markers", "xdist_group(name): tests that run on one xdist worker")
+    # In-process compiles share the scripts' persistent compilation cache
+    # (subprocess_runs.COMPILATION_CACHE), so that a rerun skips them as the scripts' runs do; set
+    # before collection, since jax decides on its first compile whether it uses a cache at all.
+    # Safe for bitwise comparisons: a cached program is the same program.
+    if not jax.config.jax_compilation_cache_dir:
+        jax.config.update("jax_compilation_cache_dir", str(subprocess_runs.COMPILATION_CACHE))
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -295,9 +295,25 @@ def assert_one_clear_line(result, expected: tuple[str, ...]) -> None:
         assert fragment in line
 
 
-@pytest.mark.parametrize("make_args, expected", DATA_CASES + CHECKPOINT_CASES)
+# Data cases run as real scripts; the others fail at the same place (reading the data folder,
+# before anything is compiled), so they run the script's `main` in this process (runs.run_main),
+# a subprocess start faster, as the batch-larger-than-split flag cases do.
+DATA_CASES_IN_SCRIPTS = ("missing-folder", "truncated-gzip", "label-out-of-range")
+
+
+def _data_cases(in_scripts: bool) -> list:
+    return [case for case in DATA_CASES if (case.id in DATA_CASES_IN_SCRIPTS) == in_scripts]
+
+
+@pytest.mark.parametrize("make_args, expected", _data_cases(True) + CHECKPOINT_CASES)
 def test_bad_data_or_workdir_fails_with_one_clear_line(make_args, expected, places, trained):
     assert_one_clear_line(runs.run("train", *make_args(places)), expected)
+    assert _snapshot(places.trained) == trained[1]  # nothing written to the trained workdir
+
+
+@pytest.mark.parametrize("make_args, expected", _data_cases(False))
+def test_bad_data_fails_with_one_clear_line_from_main(make_args, expected, places, trained):
+    assert_one_clear_line(runs.run_main("train", *make_args(places)), expected)
     assert _snapshot(places.trained) == trained[1]  # nothing written to the trained workdir
 
 
@@ -366,11 +382,29 @@ WORKDIR_CASES = [
 ]
 
 
-@pytest.mark.parametrize("script, extra", [("evaluate", ()), ("predict", ("some.png",)),
-                                           ("similar", ("--precision-at-k",))])
-@pytest.mark.parametrize("make_args, expected", WORKDIR_CASES)
+WORKDIR_SCRIPTS = [("evaluate", ()), ("predict", ("some.png",)), ("similar", ("--precision-at-k",))]
+# (case, script) pairs that run the script's `main` in this process (runs.run_main): a workdir
+# without checkpoints is refused before anything is read or compiled. Every script still meets
+# both kinds of workdir without checkpoints, and every corrupt one, as a real script.
+FROM_MAIN = {("workdir-without-checkpoint", "predict"), ("workdir-without-checkpoint", "similar"),
+             ("missing-workdir", "evaluate")}
+
+
+def _workdir_cases(from_main: bool) -> list:
+    return [pytest.param(script, extra, *case.values, id=f"{case.id}-{script}")
+            for case in WORKDIR_CASES for script, extra in WORKDIR_SCRIPTS
+            if ((case.id, script) in FROM_MAIN) == from_main]
+
+
+@pytest.mark.parametrize("script, extra, make_args, expected", _workdir_cases(False))
 def test_bad_workdir_fails_with_one_clear_line(script, extra, make_args, expected, places):
     assert_one_clear_line(runs.run(script, *make_args(places), *extra), expected)
+
+
+@pytest.mark.parametrize("script, extra, make_args, expected", _workdir_cases(True))
+def test_bad_workdir_fails_with_one_clear_line_from_main(script, extra, make_args, expected,
+                                                         places):
+    assert_one_clear_line(runs.run_main(script, *make_args(places), *extra), expected)
 
 
 def test_predict_names_each_unreadable_file_and_still_classifies_the_others(places):
@@ -426,7 +460,7 @@ def test_similar_rebuilds_a_truncated_embeddings_cache_saying_so(places):
     workdir = places.copy_of_trained()
     args = (f"--workdir={workdir}", "-k", "3", "--precision-at-k")
     assert runs.run("similar", *args).returncode == 0
-    cache = workdir / "eval-embeddings" / "train.npy"
+    cache = workdir / "eval-embeddings" / "train-member0.npy"  # member 0 of the one trained
     whole = cache.read_bytes()
     cache.write_bytes(whole[:len(whole) // 2])
     result = runs.run("similar", *args)

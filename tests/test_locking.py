@@ -76,7 +76,9 @@ def test_a_second_training_in_a_workdir_is_refused_and_the_first_completes(tmp_p
                              stderr=subprocess.PIPE, text=True)
     try:
         wait_until_stopped(first)  # mid-epoch 2, holding the workdir
-        line = runs.one_line_error(runs.run("train", *args), 2)
+        # the second run's main in this process (refused before it reads anything); real
+        # scripts refused by a real holder: test_three_concurrent_overwrites_...
+        line = runs.one_line_error(runs.run_main("train", *args), 2)
         assert line.startswith(f"error: {holder_line(workdir, first.pid)}"), line
         assert "scripts/train.py" in line
         first.send_signal(signal.SIGCONT)
