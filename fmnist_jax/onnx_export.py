@@ -76,8 +76,9 @@ def convert(restored: Restored) -> bytes:
 def _load_plugins() -> None:
     """Registers jax2onnx's converters of jax and flax only. By default its first conversion
     imports all 500 of its plugin modules, equinox's and its examples' too: 18 s on the 2-core
-    machine, against 2 s for these (the ONNX files come out byte for byte the same). Where
-    jax2onnx's plugin registry differs from 0.13's, it is left to load everything."""
+    machine under load, against 2 s for these, and the ONNX files come out byte for byte the
+    same (docs/serving.md). Where jax2onnx's plugin registry differs from 0.13's, it is left to
+    load everything."""
     from jax2onnx.plugins import plugin_system  # pylint: disable=import-outside-toplevel
     import_tree = getattr(plugin_system, "_import_tree", None)
     if import_tree is None or getattr(plugin_system, "_already_imported_plugins", True):
