@@ -135,15 +135,19 @@ def _weights(state: Any, meta: dict[str, Any], checkpoint: str, workdir: Path):
 
 
 @contextlib.contextmanager
-def _quiet_absl():
-    """Hides orbax's warnings that a read-only manager is read-only."""
-    logger = logging.getLogger("absl")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
+def _quiet_loggers():
+    """Hides orbax's warnings that a read-only manager is read-only, and the traceback asyncio
+    logs (orbax-checkpoint 0.12.0) of the other reads of a damaged checkpoint when one of them
+    failed: the one-line error of that failure says it all."""
+    levels = {"absl": logging.ERROR, "asyncio": logging.CRITICAL}
+    before = {name: logging.getLogger(name).level for name in levels}
+    for name, level in levels.items():
+        logging.getLogger(name).setLevel(level)
     try:
         yield
     finally:
-        logger.setLevel(level)
+        for name, level in before.items():
+            logging.getLogger(name).setLevel(level)
 
 
 def load_workdir(workdir: str | Path, checkpoint: str = "best",
@@ -159,7 +163,7 @@ def load_workdir(workdir: str | Path, checkpoint: str = "best",
         raise CheckpointError(f"{workdir} holds no checkpoints; train first with "
                               f"scripts/train.py --workdir={workdir}")
     integrity.verify(workdir)
-    with _quiet_absl(), Checkpoints(workdir, read_only=True) as ckpts:
+    with _quiet_loggers(), Checkpoints(workdir, read_only=True) as ckpts:
         step, state, meta = ckpts.restore(_template)
     config = config_from_meta(meta)
     if data_dir is not None:
