@@ -10,8 +10,8 @@ task in it. Needs only python3.
   python3 tasks.py --stack=newest test            # in .venv-newest: Python 3.13, newest releases
 
 Stacks: `current` (default) is .venv with this python3 and the newest releases it resolves;
-`oldest` pins every dependency to its lower bound in pyproject.toml (ci/oldest.txt) on Python 3.11;
-`newest` installs the newest jax and flax on Python 3.13. `--python=PATH` picks the interpreter.
+`oldest` pins every core dependency to its lower bound in pyproject.toml (ci/oldest.txt) on
+Python 3.11; `newest` installs the newest jax and flax on Python 3.13. `--python=PATH` picks the interpreter.
 """
 
 from __future__ import annotations
