@@ -11,7 +11,8 @@ task in it. Needs only python3.
 
 Stacks: `current` (default) is .venv with this python3 and the newest releases it resolves;
 `oldest` pins every core dependency to its lower bound in pyproject.toml (ci/oldest.txt) on
-Python 3.11; `newest` installs the newest jax and flax on Python 3.13. `--python=PATH` picks the interpreter.
+Python 3.11; `newest` installs the newest jax and flax on Python 3.13. `--python=PATH` picks the
+interpreter.
 """
 
 from __future__ import annotations
