@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+from importlib.metadata import version
 from collections.abc import Callable
 from pathlib import Path
 
@@ -76,6 +77,10 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    if config.getoption("dist", "no") == "loadgroup" and not _loadgroup_groups():
+        raise pytest.UsageError(f"pytest {pytest.__version__} with pytest-xdist "
+                                f"{version('pytest-xdist')}: --dist=loadgroup does not group "
+                                f"(pytest-dev/pytest-xdist#1386); pip install 'pytest<9.2'")
     # pytest-xdist declares it only when it runs (-n); --strict-markers refuses it otherwise
     config.addinivalue_line("markers", "xdist_group(name): tests that run on one xdist worker")
     # In-process compiles share the scripts' persistent compilation cache
@@ -87,6 +92,16 @@ def pytest_configure(config: pytest.Config) -> None:
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
 
 
+def _loadgroup_groups() -> bool:
+    """Whether pytest still reads the node id that pytest-xdist's loadgroup rewrites."""
+    item = type("Probe", (), {"nodeid": pytest.Item.nodeid, "_nodeid": "t@group"})()
+    try:
+        return item.nodeid == "t@group"
+    except AttributeError:  # pytest 9.2 reads `_id`
+        return False
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which reads the marks it adds
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """The tests of a module that share a module-scoped fixture (a server, a trained workdir, a
     fitted detector) run on one xdist worker (`--dist=loadgroup`, tasks.py), so that it is built
@@ -98,3 +113,4 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         if any(d.scope == "module" for defs in definitions.name2fixturedefs.values()
                for d in defs):
             item.add_marker(pytest.mark.xdist_group(item.module.__name__))
+

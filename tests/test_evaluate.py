@@ -31,13 +31,13 @@ def _ok(result):
     return result
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def workdirs(tiny_workdir) -> dict[str, Path]:
     """The shared single-seed and two-seed mlp workdirs."""
     return {"single": tiny_workdir(1), "pair": tiny_workdir(2)}
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def evaluated(workdirs) -> dict[str, tuple[Path, str]]:
     """The single workdir evaluated on the test split, the pair on the validation split (its
     explanations and calibration, which the single's tests check, skipped)."""
