@@ -20,7 +20,7 @@ from PIL import Image
 
 from fmnist_jax import calibration, comparison, data, images, metrics, restore
 from fmnist_jax.errors import CheckpointError, UserError
-from subprocess_runs import ROOT, one_line_error, run
+from subprocess_runs import ROOT, one_line_error, run, run_main
 
 FIGURES = ("confusion_matrix.png", "confusion_matrix_normalized.png", "per_class_f1.png",
            "training_curves.png", "worst_mistakes.png", "probabilities.png")
@@ -228,8 +228,8 @@ def test_evaluate_reads_a_release_with_its_data_elsewhere(tmp_path, real_data_di
     missing = one_line_error(run("evaluate", f"--workdir={release}", f"--output-dir={out}",
                                  fault="offline", env=home), 2)
     assert missing.startswith("error: no local copy of Fashion-MNIST found and "), missing
-    wrong = one_line_error(run("evaluate", f"--workdir={release}", f"--output-dir={out}",
-                               f"--data-dir={tmp_path / 'nowhere'}"), 2)
+    wrong = one_line_error(run_main("evaluate", f"--workdir={release}", f"--output-dir={out}",
+                                    f"--data-dir={tmp_path / 'nowhere'}"), 2)
     assert wrong.startswith(f"error: --data-dir {tmp_path / 'nowhere'} does not exist"), wrong
 
 
@@ -275,7 +275,7 @@ def test_predict_classifies_files_and_reports_bad_ones(evaluated, workdirs, samp
         assert r["top"][0]["probability"] == pytest.approx(probs[0].max(), abs=1e-5)
     top = results[3]["top"]
     assert len(top) == 3 and top[0]["probability"] >= top[1]["probability"] >= top[2]["probability"]
-    text_run = run("predict", f"--workdir={workdirs['single']}", str(plain), str(text))
+    text_run = run_main("predict", f"--workdir={workdirs['single']}", str(plain), str(text))
     assert text_run.returncode == 2
     assert text_run.stdout.startswith(f"{plain}: {expected[0]} ")
     assert f"error: {text}: not an image" in text_run.stderr

@@ -18,6 +18,8 @@ from fmnist_jax.errors import ConfigError
 
 from conftest import synthetic_split
 
+# on one xdist worker: every test reads the default's members from the cache of `trained`
+pytestmark = pytest.mark.xdist_group("test_members")
 NUM_MEMBERS, STEPS, BATCH = 3, 2, 16
 DEFAULT = {}
 CANDIDATES = {

@@ -20,7 +20,6 @@ from fmnist_jax import evaluation, restore, run
 from fmnist_jax import train as train_lib
 from fmnist_jax.errors import CheckpointError
 from fmnist_jax.models import create_model
-from subprocess_runs import SMALL_RUN
 
 IMAGES = jnp.asarray(synthetic_split(7).images)  # 7: not a whole number of evaluation batches
 MEAN, STD = 0.286, 0.353
@@ -85,10 +84,8 @@ def test_a_flip_invariant_model_predicts_the_same_with_tta():
 
 
 @pytest.mark.e2e
-def test_a_release_records_tta_and_evaluation_follows_it(tmp_path):
-    workdir, out = tmp_path / "run", tmp_path / "release"
-    trained = subprocess_runs.run("train", *SMALL_RUN, f"--workdir={workdir}")
-    assert trained.returncode == 0, trained.stderr[-3000:]
+def test_a_release_records_tta_and_evaluation_follows_it(tmp_path, tiny_workdir):
+    workdir, out = tiny_workdir(1), tmp_path / "release"
     exported = subprocess_runs.run("export", f"--workdir={workdir}", f"--out={out}", "--tta")
     assert exported.returncode == 0, exported.stderr[-3000:]
     assert "with flip TTA" in exported.stdout
