@@ -26,6 +26,11 @@ def export(workdir: Path, out: Path, *extra: str):
     return runs.run("export", f"--workdir={workdir}", f"--out={out}", *extra)
 
 
+def refused_export(workdir: Path, out: Path, *extra: str):
+    """An export refused before anything is written: the command's main in this process."""
+    return runs.run_main("export", f"--workdir={workdir}", f"--out={out}", *extra)
+
+
 @pytest.fixture(scope="module")
 def trained(tiny_workdir, tmp_path_factory) -> Path:
     """A finished training workdir (one small epoch of an mlp): the shared one as training left
@@ -56,7 +61,7 @@ def _release_with_evaluation(tmp_path: Path) -> Path:
 
 def test_export_into_a_release_of_another_model_is_refused_without_overwrite(mlp_release):
     before = snapshot(mlp_release)
-    line = runs.one_line_error(export(PRETRAINED / "cnn", mlp_release), 2)
+    line = runs.one_line_error(refused_export(PRETRAINED / "cnn", mlp_release), 2)
     assert line == (f"error: --out {mlp_release} exists; pass --overwrite to replace the release "
                     f"there, or choose another --out")
     assert snapshot(mlp_release) == before
@@ -76,7 +81,7 @@ def test_overwrite_never_replaces_a_folder_that_is_not_only_a_release(make_out, 
     out = make_out(tmp_path, trained)
     before = snapshot(out)
     siblings = sorted(p.name for p in out.parent.iterdir())
-    line = runs.one_line_error(export(PRETRAINED / "cnn", out, "--overwrite"), 2)
+    line = runs.one_line_error(refused_export(PRETRAINED / "cnn", out, "--overwrite"), 2)
     assert line == (f"error: --out {out} {why}; --overwrite replaces only a release: choose "
                     f"another --out")
     assert snapshot(out) == before
@@ -97,7 +102,7 @@ def test_a_release_set_aside_by_a_killed_replacement_is_put_back(mlp_release):
     """Killed between the two renames: the old release is `mlp.old`, `mlp` is missing."""
     before = snapshot(mlp_release)
     aside = mlp_release.rename(mlp_release.with_name("mlp.old"))
-    result = export(PRETRAINED / "cnn", mlp_release)
+    result = refused_export(PRETRAINED / "cnn", mlp_release)
     assert result.returncode == 2, result.stderr
     assert result.stderr.strip().splitlines()[-1].startswith(f"error: --out {mlp_release} exists")
     assert not aside.exists() and snapshot(mlp_release) == before
