@@ -105,7 +105,9 @@ def _loadgroup_groups() -> bool:
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """The tests of a module that share a module-scoped fixture (a server, a trained workdir, a
     fitted detector) run on one xdist worker (`--dist=loadgroup`, tasks.py), so that it is built
-    once, not once per worker; every other test goes wherever a worker is free."""
+    once, not once per worker; every other test goes wherever a worker is free. End-to-end
+    tests first (a stable sort): the short unit tests then fill the workers' last minutes."""
+    items.sort(key=lambda item: item.get_closest_marker("e2e") is None)
     for item in items:
         definitions = getattr(item, "_fixtureinfo", None)
         if definitions is None:
