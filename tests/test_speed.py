@@ -70,6 +70,7 @@ def outputs(name: str) -> dict:
             for k, m in models.items()}
 
 
+@pytest.mark.xdist_group("cnn-implementations")  # one worker compiles each cnn's `outputs`
 @pytest.mark.parametrize("name", CNNS)
 @pytest.mark.parametrize("impls", ALTERNATIVES, ids="-".join)
 def test_cnn_implementations_equal_the_default(name, impls):
