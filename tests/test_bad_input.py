@@ -1,7 +1,9 @@
 """Bad input to the real scripts: exit code 2 and one line on stderr naming the problem and the fix.
 
-Every case runs the script as a user would, in a subprocess, and checks the whole of stderr: no
-traceback, no log noise, one line. A workdir the case points at is left exactly as it was.
+Every case checks the whole of stderr: no traceback, no log noise, one line. Each script meets its
+cases as a user would, in a subprocess; cases refused at the same place as one of those (before
+anything is compiled) run the script's `main` in this process (runs.run_main). A workdir the case
+points at is left exactly as it was.
 """
 
 from __future__ import annotations
@@ -295,24 +297,30 @@ def assert_one_clear_line(result, expected: tuple[str, ...]) -> None:
         assert fragment in line
 
 
-# Data cases run as real scripts; the others fail at the same place (reading the data folder,
-# before anything is compiled), so they run the script's `main` in this process (runs.run_main),
-# a subprocess start faster, as the batch-larger-than-split flag cases do.
-DATA_CASES_IN_SCRIPTS = ("missing-folder", "truncated-gzip", "label-out-of-range")
+# One data case runs as a real script (the one that reads every file through); the others fail
+# at the same place (reading the data folder, before anything is compiled), so they run the
+# script's `main` in this process (runs.run_main), a subprocess start faster, as the
+# batch-larger-than-split flag cases do. Of the checkpoint cases, the refused config change
+# (check_resumable, on the run record alone) runs as a real script for one field, and the
+# unreadable checkpoints (orbax's failed reads) as a real script too.
+IN_SCRIPTS = ("label-out-of-range", "train-on-workdir-of-another-shape",
+              "train-on-workdir-with-only-corrupt-checkpoints")
 
 
-def _data_cases(in_scripts: bool) -> list:
-    return [case for case in DATA_CASES if (case.id in DATA_CASES_IN_SCRIPTS) == in_scripts]
+def _cases(in_scripts: bool) -> list:
+    return [case for case in DATA_CASES + CHECKPOINT_CASES
+            if (case.id in IN_SCRIPTS) == in_scripts]
 
 
-@pytest.mark.parametrize("make_args, expected", _data_cases(True) + CHECKPOINT_CASES)
+@pytest.mark.parametrize("make_args, expected", _cases(True))
 def test_bad_data_or_workdir_fails_with_one_clear_line(make_args, expected, places, trained):
     assert_one_clear_line(runs.run("train", *make_args(places)), expected)
     assert _snapshot(places.trained) == trained[1]  # nothing written to the trained workdir
 
 
-@pytest.mark.parametrize("make_args, expected", _data_cases(False))
-def test_bad_data_fails_with_one_clear_line_from_main(make_args, expected, places, trained):
+@pytest.mark.parametrize("make_args, expected", _cases(False))
+def test_bad_data_or_workdir_fails_with_one_clear_line_from_main(make_args, expected, places,
+                                                                 trained):
     assert_one_clear_line(runs.run_main("train", *make_args(places)), expected)
     assert _snapshot(places.trained) == trained[1]  # nothing written to the trained workdir
 
@@ -383,17 +391,17 @@ WORKDIR_CASES = [
 
 
 WORKDIR_SCRIPTS = [("evaluate", ()), ("predict", ("some.png",)), ("similar", ("--precision-at-k",))]
-# (case, script) pairs that run the script's `main` in this process (runs.run_main): a workdir
-# without checkpoints is refused before anything is read or compiled. Every script still meets
-# both kinds of workdir without checkpoints, and every corrupt one, as a real script.
-FROM_MAIN = {("workdir-without-checkpoint", "predict"), ("workdir-without-checkpoint", "similar"),
-             ("missing-workdir", "evaluate")}
+# A workdir without checkpoints (empty or missing) is refused before anything is read or
+# compiled (restore.load_workdir's first check): those cases run the script's `main` in this
+# process (runs.run_main). Every script still meets every corrupt workdir as a real script, which
+# fails with the same one-line error after orbax's reads.
+FROM_MAIN = ("workdir-without-checkpoint", "missing-workdir")
 
 
 def _workdir_cases(from_main: bool) -> list:
     return [pytest.param(script, extra, *case.values, id=f"{case.id}-{script}")
             for case in WORKDIR_CASES for script, extra in WORKDIR_SCRIPTS
-            if ((case.id, script) in FROM_MAIN) == from_main]
+            if (case.id in FROM_MAIN) == from_main]
 
 
 @pytest.mark.parametrize("script, extra, make_args, expected", _workdir_cases(False))

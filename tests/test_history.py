@@ -73,13 +73,18 @@ def _damage(lines: list[str], kind: str) -> list[str]:
 
 
 @pytest.mark.e2e
-@pytest.mark.parametrize("kind", ["garbled", "wrong shape", "line 2 dropped"])
-def test_resuming_a_damaged_history_fails_with_one_line_and_changes_nothing(kind, trained,
-                                                                            tmp_path):
+@pytest.mark.parametrize("kind, in_script", [("garbled", True), ("wrong shape", False),
+                                             ("line 2 dropped", False)])
+def test_resuming_a_damaged_history_fails_with_one_line_and_changes_nothing(kind, in_script,
+                                                                            trained, tmp_path):
+    """One kind as a real script; the others, refused at the same place (reading the history
+    after the checkpoint is restored, before anything is compiled), run the script's main in this
+    process."""
     workdir = Path(shutil.copytree(trained, tmp_path / "run"))
     path = _write(workdir, _damage((workdir / "metrics.jsonl").read_text().splitlines(), kind))
     before = {p: p.read_bytes() for p in workdir.rglob("*") if p.is_file()}
-    result = runs.run("train", *runs.SMALL_RUN, f"--workdir={workdir}")
+    result = (runs.run if in_script else runs.run_main)("train", *runs.SMALL_RUN,
+                                                        f"--workdir={workdir}")
     line = runs.one_line_error(result, 3)
     assert line.startswith(f"error: {path} ") and "new --workdir" in line, line
     assert {p: p.read_bytes() for p in workdir.rglob("*") if p.is_file()} == before

@@ -19,7 +19,7 @@ import pytest
 
 import subprocess_runs as runs
 from conftest import PRETRAINED
-from fmnist_jax import integrity, run
+from fmnist_jax import integrity, release as release_lib, run
 from fmnist_jax.errors import UserError
 
 pytestmark = pytest.mark.e2e
@@ -58,6 +58,24 @@ def assert_resumes_to(workdir: Path, reference: Path, from_step: int | None) -> 
     return result.stderr
 
 
+@pytest.fixture(scope="module")
+def ctrl_c_at_step_21(tmp_path_factory) -> tuple[subprocess.CompletedProcess, Path]:
+    """The run stopped by Ctrl-C before global step 21 (`sigint@21`) and the workdir it left,
+    which the tests that resume it copy (it stays pristine): one run for the two that need it."""
+    workdir = tmp_path_factory.mktemp("ctrl-c") / "run"
+    return train(workdir, fault="sigint@21"), workdir
+
+
+def stopped_run(fault: str, workdir: Path, ctrl_c_at_step_21):
+    """The run stopped by `fault` and the folder it stopped in; `workdir` holds what it left: a
+    copy of the shared run for `sigint@21`, else a run of its own."""
+    if fault != "sigint@21":
+        return train(workdir, fault=fault), workdir
+    stopped, pristine = ctrl_c_at_step_21
+    shutil.copytree(pristine, workdir)
+    return stopped, pristine
+
+
 # fault, exit code, checkpoint steps left, position (epoch, step) of the latest, metrics lines
 INJECTED = [
     pytest.param("sigkill@24", -signal.SIGKILL, [16], (1, 0), [1], id="sigkill-mid-epoch"),
@@ -71,23 +89,24 @@ INJECTED = [
 
 @pytest.mark.parametrize("fault, code, steps, position, lines", INJECTED)
 def test_run_stopped_at_an_exact_step_resumes_to_the_uninterrupted_result(
-        fault, code, steps, position, lines, tmp_path, reference):
-    stopped = train(tmp_path, fault=fault)
+        fault, code, steps, position, lines, tmp_path, reference, ctrl_c_at_step_21):
+    workdir = tmp_path / "run"
+    stopped, stopped_in = stopped_run(fault, workdir, ctrl_c_at_step_21)
     assert stopped.returncode == code, stopped.stderr
-    assert runs.checkpoint_steps(tmp_path) == steps
+    assert runs.checkpoint_steps(workdir) == steps
     if steps:
-        _, _, meta = runs.checkpoint(tmp_path)
+        _, _, meta = runs.checkpoint(workdir)
         assert (meta["position"]["epoch"], meta["position"]["step_in_epoch"]) == position
-    assert [r["epoch"] for r in runs.metrics(tmp_path)] == lines
+    assert [r["epoch"] for r in runs.metrics(workdir)] == lines
     if fault.startswith("sigkill-after-save@"):  # the half-written step is there, and ignored
         step = fault.partition("@")[2]
-        assert list((tmp_path / "checkpoints").glob(f"{step}.orbax-checkpoint-tmp*"))
+        assert list((workdir / "checkpoints").glob(f"{step}.orbax-checkpoint-tmp*"))
     if code == 130:
         last = stopped.stderr.strip().splitlines()[-1]
-        assert last.startswith(f"interrupted: saved checkpoint step {steps[-1]} in {tmp_path}; "
+        assert last.startswith(f"interrupted: saved checkpoint step {steps[-1]} in {stopped_in}; "
                                f"resume with: python "), last
-        assert last.endswith(f"--workdir={tmp_path}"), last
-    assert_resumes_to(tmp_path, reference, from_step=steps[-1] if steps else None)
+        assert last.endswith(f"--workdir={stopped_in}"), last
+    assert_resumes_to(workdir, reference, from_step=steps[-1] if steps else None)
 
 
 @pytest.mark.parametrize("signum, moment", [
@@ -191,8 +210,7 @@ def test_corrupt_latest_checkpoint_falls_back_to_the_previous_one(corrupt, tmp_p
 def release(tmp_path_factory) -> Path:
     """The shipped mlp release exported anew: one checkpoint, with checksums."""
     out = tmp_path_factory.mktemp("release") / "mlp"
-    result = runs.run("export", f"--workdir={PRETRAINED / 'mlp'}", f"--out={out}")
-    assert result.returncode == 0, result.stderr[-3000:]
+    release_lib.export(PRETRAINED / "mlp", out)  # a fixture, not under test: in this process
     return out
 
 
@@ -213,8 +231,11 @@ def test_evaluating_a_release_with_a_corrupt_checkpoint_prints_one_line_and_noth
 
 
 def test_workdir_under_a_file_fails_before_training(tmp_path):
+    """The script's main in this process: refused before the data is read or anything compiled
+    (the same probe, in a real script: test_full_disk_fails_at_the_write_probe_...)."""
     (tmp_path / "file").write_text("")
-    line = runs.one_line_error(train(tmp_path / "file" / "run"), 2)
+    line = runs.one_line_error(
+        runs.run_main("train", *runs.SMALL_RUN, f"--workdir={tmp_path / 'file' / 'run'}"), 2)
     assert line == (f"error: workdir {tmp_path / 'file' / 'run'} is not writable (Not a "
                     f"directory); choose another --workdir or free some space")
 
@@ -236,16 +257,17 @@ def test_too_little_space_for_the_checkpoints_fails_before_training(tmp_path, mo
 
 
 def test_ctrl_c_in_loop_mode_then_resuming_in_scan_mode_continues_from_the_same_step(
-        tmp_path, reference):
+        tmp_path, reference, ctrl_c_at_step_21):
     """A run stopped mid-epoch in loop mode (one step per dispatch), resumed in scan mode: the
     rest of the interrupted epoch runs as a shorter scan, the next ones as whole-epoch scans."""
-    stopped = train(tmp_path, fault="sigint@21")
+    stopped, pristine = ctrl_c_at_step_21  # the run of test_run_stopped_...[ctrl-c-mid-epoch]
     assert stopped.returncode == 130, stopped.stderr
-    resumed = train(tmp_path, "--config.epoch_mode=scan")
+    workdir = Path(shutil.copytree(pristine, tmp_path / "run"))
+    resumed = train(workdir, "--config.epoch_mode=scan")
     assert resumed.returncode == 0, resumed.stderr
     assert "| scan mode |" in resumed.stdout
     assert "resumed from checkpoint step 22:" in resumed.stdout
     # scan and loop programs round differently, so close rather than bitwise
-    chex.assert_trees_all_close(runs.metrics(tmp_path), runs.metrics(reference), rtol=1e-4)
-    chex.assert_trees_all_close(runs.checkpoint(tmp_path)[1]["params"],
+    chex.assert_trees_all_close(runs.metrics(workdir), runs.metrics(reference), rtol=1e-4)
+    chex.assert_trees_all_close(runs.checkpoint(workdir)[1]["params"],
                                 runs.checkpoint(reference)[1]["params"], atol=1e-4)
