@@ -109,11 +109,13 @@ def data_parallel_step_splits_the_batch_and_all_reduces() -> None:
     layout = sharding.make_layout("data:8", 1)
     states = layout.put_members(run.initial_states(config, run.build(config, NUM_TRAIN)))
     acc = layout.put_members(train_lib.init_accumulator(1))
-    keys = layout.put_members(train_lib.stacked_keys([0]))
+    keys = train_lib.stacked_keys([0])
     split = synthetic_split(NUM_TRAIN)
     images, labels = layout.put_host(split.images), layout.put_host(split.labels)
+    # as `train_epoch` makes them, so the permutations' program is the one already compiled
     perms = layout.put(train_lib.epoch_permutations(keys["data"], 0, NUM_TRAIN, BATCH),
                        layout.permutations)
+    keys = layout.put_members(keys)
     span = train_lib.make_train_span(train_lib.make_train_step(0.3, 0.35), 1, layout=layout)
     hlo = span.lower(states, acc, images, labels, perms, 0, 0, keys["dropout"],
                      length=1).compile().as_text()

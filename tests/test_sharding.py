@@ -141,11 +141,13 @@ def test_process_count_from_the_environment_must_be_a_number(monkeypatch):
 
 
 def read_state(workdir: Path, step: int) -> dict:
-    """The state a checkpoint holds, restored onto this session's one device as `_resume` does."""
+    """The state a checkpoint holds, restored onto this session's one device (an abstract
+    template, as `restore` reads a workdir: shapes only, so no initialisation is compiled)."""
     with Checkpoints(workdir, read_only=True) as ckpts:
         _, meta = ckpts.restore_meta(step)
         config = restore.config_from_meta(meta)
-        template = run.initial_states(config, run.build(config, meta["data"]["train_size"]))
+        parts = run.build(config, meta["data"]["train_size"])
+        template = jax.eval_shape(lambda: run.initial_states(config, parts))
         return flax.serialization.to_state_dict(train_lib.to_host(ckpts.restore_state(step, template)))
 
 

@@ -204,7 +204,10 @@ def test_killed_sweep_resumes_to_the_uninterrupted_result_and_scripts_read_it(tm
     assert (reference / "sweep.png").stat().st_size > 10_000
     assert "◀ best" in (reference / "sweep.md").read_text()
 
-    evaluated = runs.run("evaluate", f"--workdir={reference}", "--split=val")
+    # evaluate's main in this process (what it reads is the question here, not a process), its
+    # explanations and calibration skipped: generic over the members chosen (test_evaluate.py)
+    evaluated = runs.run_main("evaluate", f"--workdir={reference}", "--split=val", "--no-explain",
+                              "--no-calibration")
     assert evaluated.returncode == 0, evaluated.stderr
     metrics = json.loads((reference / "eval-val" / "metrics.json").read_text())
     assert metrics["setting"]["index"] == best and metrics["seeds"] == [0, 1]
