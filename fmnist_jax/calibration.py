@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import scipy.optimize
 
 from fmnist_jax import evaluation, metrics, plots
 from fmnist_jax.errors import UserError
@@ -39,6 +38,7 @@ def scale(probabilities: np.ndarray, temperature: float) -> np.ndarray:
 
 def fit_temperature(probabilities: np.ndarray, labels: np.ndarray) -> float:
     """The T minimising the mean log loss of `scale(probabilities, T)` on `labels`."""
+    import scipy.optimize  # pylint: disable=import-outside-toplevel  # 0.4 s, only to fit
     result = scipy.optimize.minimize_scalar(
         lambda log_t: metrics.mean_log_loss(scale(probabilities, np.exp(log_t)), labels),
         bounds=LOG_T_BOUNDS, method="bounded", options={"xatol": 1e-5})

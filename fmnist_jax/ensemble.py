@@ -16,7 +16,6 @@ from typing import Any
 
 import jax
 import numpy as np
-import scipy.optimize
 
 from fmnist_jax import evaluation, metrics, restore
 from fmnist_jax.errors import UserError
@@ -49,6 +48,7 @@ def evaluate_parts(restoreds: Sequence[restore.Restored], split: str,
 def fit_weights(probabilities: np.ndarray, labels: np.ndarray) -> np.ndarray:
     """Non-negative weights `[P]` summing to 1 that minimise the log loss of
     `sum_p w_p probabilities[p]` (`[P, N, C]`) on `labels` (SLSQP)."""
+    import scipy.optimize  # pylint: disable=import-outside-toplevel  # 0.4 s, only to fit
     true_class = probabilities[:, np.arange(len(labels)), labels]  # [P, N]
 
     def log_loss(w):

@@ -30,7 +30,6 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-import scipy.stats
 
 from fmnist_jax import images as images_lib
 from fmnist_jax import metrics, plots, restore
@@ -126,6 +125,7 @@ def to_pixels(maps: jax.Array) -> jax.Array:
 
 def rank_correlation(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Spearman's correlation of each pair of maps `[B, ...]`; 0 where a map is constant."""
+    import scipy.stats  # pylint: disable=import-outside-toplevel  # 0.3 s; the server needs none
     out = np.zeros(len(a))
     for i, (x, y) in enumerate(zip(a.reshape(len(a), -1), b.reshape(len(b), -1))):
         if np.ptp(x) > 0 and np.ptp(y) > 0:

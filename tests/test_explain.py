@@ -13,7 +13,7 @@ from conftest import PRETRAINED
 from fmnist_jax import data, explain, restore
 from fmnist_jax.models import create_model
 from fmnist_jax.train import normalize
-from subprocess_runs import run
+from subprocess_runs import run_main
 
 TINY = {
     "mlp": {"name": "mlp", "hidden": (16,)},
@@ -131,8 +131,9 @@ def test_predict_explain_writes_heat_maps(real_data_dir, tmp_path):
     for i in range(2):
         Image.fromarray(test.images[i, ..., 0]).save(tmp_path / f"item{i}.png")
     out = tmp_path / "maps"
-    result = run("predict", f"--workdir={PRETRAINED / 'cnn'}", f"--explain={out}",
-                 str(tmp_path / "item0.png"), str(tmp_path / "item1.png"))
+    # the command's main in this process: what it writes is checked, not its process
+    result = run_main("predict", f"--workdir={PRETRAINED / 'cnn'}", f"--explain={out}",
+                      str(tmp_path / "item0.png"), str(tmp_path / "item1.png"))
     assert result.returncode == 0, result.stderr
     assert sorted(p.name for p in out.iterdir()) == ["explain_grad_cam.png",
                                                      "explain_integrated_gradients.png"]

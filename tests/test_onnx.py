@@ -23,7 +23,7 @@ from fmnist_jax import data, integrity, onnx_export, portable, restore, runtime
 from fmnist_jax.errors import UserError
 from fmnist_jax.models import create_model
 
-from subprocess_runs import run, run_main, serving
+from subprocess_runs import run_main, serving
 from test_serving import png
 
 RELEASES = ("mlp", "cnn", "cnn_deep", "lstm")
@@ -156,10 +156,11 @@ def bare_release(tmp_path) -> Path:
 
 @pytest.fixture(scope="module")
 def exported_release(tmp_path_factory) -> tuple[Path, str]:
-    """A copy of the lstm release whose exported models scripts/export.py wrote again; the
-    paths it printed."""
+    """A copy of the lstm release whose exported models scripts/export.py wrote again (its main,
+    in this process, which converts to ONNX anyway; test_portable.py runs the script); the paths
+    it printed."""
     out = _bare_copy(tmp_path_factory.mktemp("onnx"))
-    result = run("export", f"--workdir={out}", "--portable-only")
+    result = run_main("export", f"--workdir={out}", "--portable-only")
     assert result.returncode == 0, result.stderr
     return out, result.stdout
 
@@ -229,9 +230,9 @@ def test_predict_with_the_onnx_runtime_matches_jax(tmp_path, test_split):
         files.append(tmp_path / f"{i}.png")
         files[-1].write_bytes(png(test_split.images[i]))
     outputs = {}
-    for name in runtime.RUNTIMES:
-        result = run("predict", f"--workdir={release_dir}", f"--runtime={name}",
-                            "--json", "--top=2", *map(str, files))
+    for name in runtime.RUNTIMES:  # the command's main in this process: its output is compared
+        result = run_main("predict", f"--workdir={release_dir}", f"--runtime={name}",
+                          "--json", "--top=2", *map(str, files))
         assert result.returncode == 0, result.stderr
         outputs[name] = json.loads(result.stdout)
     for jax_result, onnx_result in zip(outputs["jax"], outputs["onnx"], strict=True):

@@ -3,6 +3,7 @@ the tuned and replica configs, and releases of trained weights."""
 
 from __future__ import annotations
 
+import functools
 import json
 
 import chex
@@ -104,7 +105,8 @@ def test_resnet_trains_the_same_with_matmul_and_xla_convolutions():
     x = jax.random.normal(jax.random.key(0), (4, 28, 28, 1))
     xla = create_model(dict(fields, conv_impl="xla"))
     matmul = create_model(dict(fields, conv_impl="matmul"))
-    variables = xla.init(jax.random.key(1), x, train=False)
+    # jitted: eagerly, every op of the init and of both backward passes compiles on its own (~4x)
+    variables = jax.jit(functools.partial(xla.init, train=False))(jax.random.key(1), x)
     stem, norms, dense = 8 * 9, 2 * (8 + 8 + 8 + 16 + 16), 16 * 10 + 10  # BN: scale and bias
     convs = 8 * 8 * 9 * 2 + 8 * 16 * 9 + 16 * 16 * 9 + 8 * 16  # block 1, block 2, its shortcut
     assert param_count(variables["params"]) == stem + norms + convs + dense
@@ -114,9 +116,9 @@ def test_resnet_trains_the_same_with_matmul_and_xla_convolutions():
                                 mutable=["batch_stats"])
         return jax.nn.logsumexp(logits, -1).mean()
 
-    chex.assert_trees_all_close(jax.grad(lambda p: loss(matmul, p))(variables["params"]),
-                                jax.grad(lambda p: loss(xla, p))(variables["params"]),
-                                rtol=1e-3, atol=1e-4)
+    gradient = jax.jit(jax.grad(loss, argnums=1), static_argnums=0)
+    chex.assert_trees_all_close(gradient(matmul, variables["params"]),
+                                gradient(xla, variables["params"]), rtol=1e-3, atol=1e-4)
 
 
 @pytest.mark.parametrize("path", TUNED + REPLICAS + SEARCH,
@@ -164,6 +166,7 @@ def test_a_release_evaluates_as_its_run_and_cannot_resume(tmp_path):
     assert portable_model.metadata["seeds"] == [1]
     chex.assert_trees_all_close(np.asarray(portable_model(released.images[:50])),
                                 released.member_probabilities[0][:50], atol=2e-6)
-    resumed = subprocess_runs.run("train", *SMALL_RUN, f"--workdir={out}")
+    # in this process: the refusal comes before training, from the release's checkpoint
+    resumed = subprocess_runs.run_main("train", *SMALL_RUN, f"--workdir={out}")
     assert resumed.returncode != 0 and "release" in resumed.stderr, resumed.stderr[-2000:]
     assert len(list((out / "checkpoints").iterdir())) == 1  # the release was left as it was
