@@ -7,6 +7,7 @@ import json
 import pytest
 
 from subprocess_runs import run as run_script
+from subprocess_runs import run_main
 
 pytestmark = pytest.mark.e2e
 # A constant learning rate: a schedule over the run's epochs would change when --epochs grows.
@@ -43,6 +44,6 @@ def test_train_then_resume_equals_an_uninterrupted_run(tmp_path, real_data_dir):
 
 
 def test_bad_model_name_is_one_clear_line(tmp_path):
-    result = run_script("train", "--model=vgg", f"--workdir={tmp_path}")
+    result = run_main("train", "--model=vgg", f"--workdir={tmp_path}")  # a flag error: in process
     assert result.returncode == 2
     assert "invalid choice: 'vgg'" in result.stderr and "Traceback" not in result.stderr

@@ -87,8 +87,8 @@ def test_the_ensemble_of_two_releases_averages_their_predictions(tmp_path, real_
         assert parts[name]["accuracy"] == alone["accuracy"]
         assert parts[name]["weight"] == 0.5
     assert "## Parts" in (out / "report.md").read_text()
-    compare = run("compare", str(single["mlp"]), str(single["lstm"]), str(out),
-                  f"--output={tmp_path / 'compare.md'}")
+    compare = run_main("compare", str(single["mlp"]), str(single["lstm"]), str(out),
+                       f"--output={tmp_path / 'compare.md'}")  # test_evaluate runs the script
     assert compare.returncode == 0, compare.stderr
     assert "mlp + lstm" in compare.stdout
 

@@ -43,8 +43,8 @@ def evaluated(workdirs) -> dict[str, tuple[Path, str]]:
     explanations and calibration, which the single's tests check, skipped)."""
     single = _ok(run("evaluate", f"--workdir={workdirs['single']}"))
     out = workdirs["pair"].parent / "pair-val"
-    pair = _ok(run("evaluate", f"--workdir={workdirs['pair']}", "--split=val",
-                   f"--output-dir={out}", "--no-explain", "--no-calibration"))
+    pair = _ok(run_main("evaluate", f"--workdir={workdirs['pair']}", "--split=val",
+                        f"--output-dir={out}", "--no-explain", "--no-calibration"))
     return {"single": (workdirs["single"] / "eval-test", single.stdout),
             "pair": (out, pair.stdout)}
 
@@ -171,8 +171,8 @@ def test_compare_puts_models_side_by_side_with_mean_and_std(evaluated, workdirs,
     output = tmp_path / "compare.md"
     with pytest.raises(UserError, match=r"no evaluation of the val split \(.*\); run scripts/eval"):
         comparison.find_metrics(workdirs["single"], "val")
-    _ok(run("evaluate", f"--workdir={workdirs['single']}", "--split=val", "--no-explain",
-            "--no-calibration"))
+    _ok(run_main("evaluate", f"--workdir={workdirs['single']}", "--split=val", "--no-explain",
+                 "--no-calibration"))
     result = _ok(run("compare", str(workdirs["single"]), str(evaluated["pair"][0]),
                      "--split=val", f"--output={output}"))
     table = output.read_text()

@@ -16,7 +16,7 @@ from sklearn.metrics import roc_auc_score
 
 from conftest import PRETRAINED
 from fmnist_jax import data, integrity, ood, restore
-from subprocess_runs import run
+from subprocess_runs import run, run_main
 
 RELEASE = PRETRAINED / "lstm"  # the smallest release
 
@@ -78,12 +78,12 @@ def test_predict_flags_a_blank_picture(with_detector, tmp_path, test_images):
     assert result.returncode == 0, result.stderr
     flags = [(r["in_distribution"], type(r["ood_score"])) for r in json.loads(result.stdout)]
     assert flags == [(True, float), (False, float)]
-    text = run("predict", f"--workdir={with_detector}", *files)
+    text = run_main("predict", f"--workdir={with_detector}", *files)  # output only: in process
     assert "does not look like Fashion-MNIST" in text.stdout.splitlines()[1]
     without = Path(shutil.copytree(RELEASE, tmp_path / "without"))
     for name in (ood.MODEL_FILE, ood.PARAMETERS_FILE):
         (without / name).unlink()
     integrity.record(without)  # a release made without a detector
-    bare = run("predict", f"--workdir={without}", "--json", files[0])
+    bare = run_main("predict", f"--workdir={without}", "--json", files[0])
     assert bare.returncode == 0, bare.stderr
     assert json.loads(bare.stdout)[0]["in_distribution"] is None

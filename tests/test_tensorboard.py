@@ -14,6 +14,7 @@ from tensorboard.backend.event_processing import event_accumulator
 from fmnist_jax import config as config_lib
 from fmnist_jax import run, sweep, tensorboard
 from subprocess_runs import run as run_script
+from subprocess_runs import run_main
 
 SEEDS = (3, 4)
 
@@ -132,10 +133,11 @@ def test_train_writes_events_matching_metrics_jsonl_across_a_resume(tmp_path, sy
 @pytest.mark.e2e
 def test_a_sweeps_events_hold_every_setting_and_seed(tmp_path, synthetic_data_dir):
     workdir = tmp_path / "sweep"
-    result = run_script("train", "--model=mlp", "--config.model.hidden=(32,)", "--batch-size=60",
-                        "--seeds=2", "--seed=3", "--epochs=1", f"--data-dir={synthetic_data_dir}",
-                        "--sweep=optimizer.learning_rate=1e-3,3e-3", f"--workdir={workdir}",
-                        "--quiet")
+    # train's main in this process (the resume above is a real run): its events are checked
+    result = run_main("train", "--model=mlp", "--config.model.hidden=(32,)", "--batch-size=60",
+                      "--seeds=2", "--seed=3", "--epochs=1", f"--data-dir={synthetic_data_dir}",
+                      "--sweep=optimizer.learning_rate=1e-3,3e-3", f"--workdir={workdir}",
+                      "--quiet")
     assert result.returncode == 0, result.stderr
     (line,) = run.read_history(workdir)
     events = read_events(workdir)

@@ -104,8 +104,9 @@ def test_a_release_records_tta_and_evaluation_follows_it(tmp_path, tiny_workdir)
         summary["test_accuracy"][0], abs=1e-9)
     assert not np.allclose(default.member_probabilities, without.member_probabilities)
 
-    evaluated = subprocess_runs.run("evaluate", f"--workdir={out}", "--no-tta", "--no-explain",
-                                    f"--output-dir={tmp_path / 'eval'}")
+    # the command's main in this process: its metrics.json is checked, not its process
+    evaluated = subprocess_runs.run_main("evaluate", f"--workdir={out}", "--no-tta",
+                                         "--no-explain", f"--output-dir={tmp_path / 'eval'}")
     assert evaluated.returncode == 0, evaluated.stderr[-3000:]
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert metrics["tta"] is False
