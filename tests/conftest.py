@@ -63,8 +63,8 @@ def tiny_workdir(tmp_path_factory, real_data_dir) -> Callable[[int], Path]:
     @functools.cache
     def trained(seeds: int = 1) -> Path:
         workdir = root / f"mlp-{seeds}"
-        result = subprocess_runs.run("train", *subprocess_runs.SMALL_RUN, "--epochs=1",
-                                     f"--seeds={seeds}", f"--workdir={workdir}", "--quiet")
+        result = subprocess_runs.run_main("train", *subprocess_runs.SMALL_RUN, "--epochs=1",
+                                          f"--seeds={seeds}", f"--workdir={workdir}", "--quiet")
         assert result.returncode == 0, result.stderr[-3000:]
         return workdir
     return trained
@@ -87,6 +87,9 @@ def pytest_configure(config: pytest.Config) -> None:
     # (subprocess_runs.COMPILATION_CACHE), so that a rerun skips them as the scripts' runs do; set
     # before collection, since jax decides on its first compile whether it uses a cache at all.
     # Safe for bitwise comparisons: a cached program is the same program.
+    # CPU only, as the scripts run (subprocess_runs.script_env): runs of a command's main in this
+    # process compare bitwise with the scripts' runs.
+    jax.config.update("jax_platforms", "cpu")
     if not jax.config.jax_compilation_cache_dir:
         jax.config.update("jax_compilation_cache_dir", str(subprocess_runs.COMPILATION_CACHE))
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)

@@ -58,15 +58,20 @@ def run_main(script: str, *args: str) -> subprocess.CompletedProcess:
     For flag and config errors, which fail before anything is imported that logs: as faithful as a
     subprocess, and a second faster. Also for whole runs whose printed output or files a test
     reads, where the process is not what it tests (their logging goes to pytest's, not to
-    stderr): a few seconds faster, without the interpreter's start and the imports.
+    stderr): a few seconds faster, without the interpreter's start and the imports. `sys.argv` is
+    the script's meanwhile, so that the command a run records is the script's.
     """
     stdout, stderr = io.StringIO(), io.StringIO()
     code = 0
+    argv = sys.argv
+    sys.argv = [str(ROOT / "scripts" / f"{script}.py"), *args]
     with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
         try:
             commands.run(script, list(args))
         except SystemExit as e:
             code = e.code
+        finally:
+            sys.argv = argv
     return subprocess.CompletedProcess(list(args), code, stdout.getvalue(), stderr.getvalue())
 
 

@@ -53,8 +53,8 @@ def trained(tmp_path_factory) -> tuple[Path, dict[str, bytes]]:
     root = tmp_path_factory.mktemp("trained")
     folder = write_idx_folder(root / "data", synthetic_split(600), synthetic_split(200, seed=1))
     workdir = root / "run"
-    result = runs.run("train", "--model=mlp", "--config.model.hidden=(64,)", "--epochs=2",
-                      "--batch-size=60", f"--data-dir={folder}", f"--workdir={workdir}")
+    result = runs.run_main("train", "--model=mlp", "--config.model.hidden=(64,)", "--epochs=2",
+                           "--batch-size=60", f"--data-dir={folder}", f"--workdir={workdir}")
     assert result.returncode == 0, result.stderr
     return workdir, _snapshot(workdir)
 

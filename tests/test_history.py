@@ -61,7 +61,7 @@ def test_a_damaged_line_is_refused_naming_the_file_and_line(kind, tmp_path):
 def trained(tmp_path_factory) -> Path:
     """A small run of 2 epochs (checkpoint at epoch 2)."""
     workdir = tmp_path_factory.mktemp("history") / "run"
-    result = runs.run("train", *runs.SMALL_RUN, "--epochs=2", f"--workdir={workdir}")
+    result = runs.run_main("train", *runs.SMALL_RUN, "--epochs=2", f"--workdir={workdir}")
     assert result.returncode == 0, result.stderr
     return workdir
 

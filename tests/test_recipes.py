@@ -144,12 +144,13 @@ def test_every_model_has_a_tuned_recipe_and_every_seed_a_replica():
 @pytest.mark.e2e
 def test_a_release_evaluates_as_its_run_and_cannot_resume(tmp_path):
     workdir, out = tmp_path / "run", tmp_path / "release"
-    trained = subprocess_runs.run("train", *SMALL_RUN, "--seeds=2", "--config.ema_decay=0.9",
-                                  f"--workdir={workdir}")
+    trained = subprocess_runs.run_main("train", *SMALL_RUN, "--seeds=2", "--config.ema_decay=0.9",
+                                       f"--workdir={workdir}")
     assert trained.returncode == 0, trained.stderr[-3000:]
     history = run.read_history(workdir)
     assert all("raw_val_accuracy" in r for r in history)
-    exported = subprocess_runs.run("export", f"--workdir={workdir}", f"--out={out}", "--seed=1")
+    exported = subprocess_runs.run_main("export", f"--workdir={workdir}", f"--out={out}",
+                                        "--seed=1")
     assert exported.returncode == 0, exported.stderr[-3000:]
     record = json.loads((out / "release.json").read_text())
     summary = json.loads((workdir / "summary.json").read_text())

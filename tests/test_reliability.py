@@ -30,18 +30,26 @@ def train(workdir: Path, *extra: str, fault: str | None = None):
     return runs.run("train", *runs.SMALL_RUN, f"--workdir={workdir}", *extra, fault=fault)
 
 
+def train_in_process(workdir: Path, *extra: str):
+    """The same command through train's main in this process: for the runs that are not the
+    faulty ones (the reference, the resumes), whose results, not processes, are compared."""
+    return runs.run_main("train", *runs.SMALL_RUN, f"--workdir={workdir}", *extra)
+
+
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory) -> Path:
     """The workdir of the run never interrupted."""
     workdir = tmp_path_factory.mktemp("reference")
-    result = train(workdir)
+    result = train_in_process(workdir)
     assert result.returncode == 0, result.stderr
     return workdir
 
 
-def assert_resumes_to(workdir: Path, reference: Path, from_step: int | None) -> str:
-    """Runs the same command again, checks it ends exactly where `reference` ended; its stderr."""
-    result = train(workdir)
+def assert_resumes_to(workdir: Path, reference: Path, from_step: int | None,
+                      in_process: bool = True) -> str:
+    """Runs the same command again, checks it ends exactly where `reference` ended; its stderr
+    (a script's, with its logged warnings, unless `in_process`)."""
+    result = train_in_process(workdir) if in_process else train(workdir)
     assert result.returncode == 0, result.stderr
     if from_step is None:  # stopped before the first checkpoint was committed: starts afresh
         assert "resumed from" not in result.stdout
@@ -200,7 +208,7 @@ def test_corrupt_latest_checkpoint_falls_back_to_the_previous_one(corrupt, tmp_p
     shutil.copytree(reference, workdir)
     corrupt(workdir / "checkpoints" / str(LAST_STEP))
     previous = LAST_STEP - runs.STEPS_PER_EPOCH
-    warnings = assert_resumes_to(workdir, reference, from_step=previous)
+    warnings = assert_resumes_to(workdir, reference, from_step=previous, in_process=False)
     assert f"checkpoint step {LAST_STEP} in {workdir / 'checkpoints'} is unreadable" in warnings
     assert f"moved unreadable checkpoint step {LAST_STEP} to" in warnings
     assert (workdir / "checkpoints-unreadable" / str(LAST_STEP)).is_dir()
@@ -263,7 +271,7 @@ def test_ctrl_c_in_loop_mode_then_resuming_in_scan_mode_continues_from_the_same_
     stopped, pristine = ctrl_c_at_step_21  # the run of test_run_stopped_...[ctrl-c-mid-epoch]
     assert stopped.returncode == 130, stopped.stderr
     workdir = Path(shutil.copytree(pristine, tmp_path / "run"))
-    resumed = train(workdir, "--config.epoch_mode=scan")
+    resumed = train_in_process(workdir, "--config.epoch_mode=scan")
     assert resumed.returncode == 0, resumed.stderr
     assert "| scan mode |" in resumed.stdout
     assert "resumed from checkpoint step 22:" in resumed.stdout

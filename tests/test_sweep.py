@@ -166,6 +166,10 @@ SWEEP = ("--sweep=optimizer.learning_rate=0.01,0.03", "--sweep=label_smoothing=0
 
 
 def train_sweep(workdir, fault=None):
+    """The sweep run by the script, killed by `fault`; else through train's main in this process
+    (the uninterrupted reference and the resume, whose results are compared)."""
+    if fault is None:
+        return runs.run_main("train", *runs.SMALL_RUN, *SWEEP, f"--workdir={workdir}")
     return runs.run("train", *runs.SMALL_RUN, *SWEEP, f"--workdir={workdir}", fault=fault)
 
 
