@@ -117,8 +117,10 @@ def test_train_writes_events_matching_metrics_jsonl_across_a_resume(tmp_path, sy
     workdir = tmp_path / "run"
     args = ("--model=mlp", "--config.model.hidden=(32,)", "--batch-size=60", "--seeds=2",
             "--seed=3", f"--data-dir={synthetic_data_dir}", f"--workdir={workdir}", "--quiet")
-    for epochs in (2, 3):  # the second run resumes the first and trains one epoch more
-        result = run_script("train", *args, f"--epochs={epochs}")
+    # the first run through train's main in this process; the second, a script, resumes it and
+    # trains one epoch more
+    for epochs, runner in ((2, run_main), (3, run_script)):
+        result = runner("train", *args, f"--epochs={epochs}")
         assert result.returncode == 0, result.stderr
     history = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
     events = read_events(workdir)
