@@ -195,7 +195,7 @@ def probability_bars_figure(images: np.ndarray, labels: np.ndarray, probabilitie
     """Per example: the image, and a bar per class (true class green, a wrong prediction red)."""
     rows = (len(indices) + 1) // 2
     fig, axes = _pyplot().subplots(rows, 4, figsize=(14, 2.6 * rows),
-                             gridspec_kw={"width_ratios": [1, 2.2, 1, 2.2]}, squeeze=False)
+                                   gridspec_kw={"width_ratios": [1, 2.2, 1, 2.2]}, squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
     for k, i in enumerate(indices):
@@ -327,7 +327,7 @@ def explanation_figure(images: np.ndarray, titles: Sequence[str], maps: np.ndarr
     per_row = 3
     rows = (len(images) + per_row - 1) // per_row
     fig, axes = _pyplot().subplots(rows, 3 * per_row, figsize=(1.45 * 3 * per_row, 1.75 * rows),
-                             squeeze=False)
+                                   squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
     for k, image in enumerate(images):

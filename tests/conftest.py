@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import functools
-from importlib.metadata import version
 from collections.abc import Callable
+from importlib.metadata import version
 from pathlib import Path
 
 import jax
@@ -83,13 +83,13 @@ def pytest_configure(config: pytest.Config) -> None:
                                 f"(pytest-dev/pytest-xdist#1386); pip install 'pytest<9.2'")
     # pytest-xdist declares it only when it runs (-n); --strict-markers refuses it otherwise
     config.addinivalue_line("markers", "xdist_group(name): tests that run on one xdist worker")
+    # CPU only, as the scripts run (subprocess_runs.script_env): runs of a command's main in this
+    # process compare bitwise with the scripts' runs.
+    jax.config.update("jax_platforms", "cpu")
     # In-process compiles share the scripts' persistent compilation cache
     # (subprocess_runs.COMPILATION_CACHE), so that a rerun skips them as the scripts' runs do; set
     # before collection, since jax decides on its first compile whether it uses a cache at all.
     # Safe for bitwise comparisons: a cached program is the same program.
-    # CPU only, as the scripts run (subprocess_runs.script_env): runs of a command's main in this
-    # process compare bitwise with the scripts' runs.
-    jax.config.update("jax_platforms", "cpu")
     if not jax.config.jax_compilation_cache_dir:
         jax.config.update("jax_compilation_cache_dir", str(subprocess_runs.COMPILATION_CACHE))
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
