@@ -164,9 +164,11 @@ def assert_runs_agree(workdir: Path, reference: Path, epochs: int, steps: list[i
 
 @pytest.fixture(scope="module")
 def one_device_run(tmp_path_factory, real_data_dir) -> Path:
-    """RUN for 3 epochs on one device: the reference (its last two checkpoints kept)."""
+    """RUN for 3 epochs on one device: the reference (its last two checkpoints kept), through
+    train's main in this process, which has one device."""
+    assert jax.device_count() == 1
     workdir = tmp_path_factory.mktemp("one-device")
-    result = subprocess_runs.run("train", *RUN, f"--workdir={workdir}", env=devices_env(1))
+    result = subprocess_runs.run_main("train", *RUN, f"--workdir={workdir}")
     assert result.returncode == 0, result.stderr
     assert "mesh seeds:1,data:1, batch 64 = 64 per device" in result.stdout
     return workdir
