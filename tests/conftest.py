@@ -83,7 +83,7 @@ def pytest_configure(config: pytest.Config) -> None:
                                 f"{version('pytest-xdist')}: --dist=loadgroup does not group "
                                 f"(pytest-dev/pytest-xdist#1386); pip install 'pytest<9.2'")
     # Tracing and compiling make objects by the million: at the default thresholds (700, 10, 10)
-    # the collector took 8% of the unit tests' time, at these 2% (docs/testing.md).
+    # the collector took 8% of the unit tests' time, at these 2-3% (docs/testing.md).
     gc.set_threshold(50_000, 20, 20)
     # pytest-xdist declares it only when it runs (-n); --strict-markers refuses it otherwise
     config.addinivalue_line("markers", "xdist_group(name): tests that run on one xdist worker")

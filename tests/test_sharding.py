@@ -166,7 +166,7 @@ def assert_runs_agree(workdir: Path, reference: Path, epochs: int, steps: list[i
 def one_device_run(tmp_path_factory, real_data_dir) -> Path:
     """RUN for 3 epochs on one device: the reference (its last two checkpoints kept), through
     train's main in this process, which has one device."""
-    assert jax.device_count() == 1
+    assert jax.device_count() == 1, "the pytest process must have one device: unset XLA_FLAGS"
     workdir = tmp_path_factory.mktemp("one-device")
     result = subprocess_runs.run_main("train", *RUN, f"--workdir={workdir}")
     assert result.returncode == 0, result.stderr
