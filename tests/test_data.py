@@ -7,7 +7,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 from fmnist_jax import data, idx
-from fmnist_jax.errors import DataError
+from fmnist_jax.errors import ConfigError, DataError
 
 from conftest import synthetic_split, write_idx_folder
 
@@ -99,8 +99,38 @@ def test_offline_download_fails_fast_with_instructions(monkeypatch, tmp_path):
         data.download(tmp_path)
 
 
+def test_a_training_limit_keeps_the_first_images_of_the_full_training_part(synthetic_data_dir):
+    full = data.load(synthetic_data_dir, val_fraction=0.25, split_seed=3)
+    limited = data.load(synthetic_data_dir, val_fraction=0.25, split_seed=3, train_limit=100)
+    np.testing.assert_array_equal(limited.train.images, full.train.images[:100])
+    np.testing.assert_array_equal(limited.train.labels, full.train.labels[:100])
+    np.testing.assert_array_equal(limited.val.images, full.val.images)
+    with pytest.raises(ConfigError, match="train_limit 451 exceeds the 450 training images"):
+        data.load(synthetic_data_dir, val_fraction=0.25, train_limit=451)
+
+
+def test_a_folder_is_parsed_once_until_a_file_changes(tmp_path):
+    write_idx_folder(tmp_path, synthetic_split(30, seed=1), synthetic_split(10, seed=2))
+    first = data.load_idx_folder(tmp_path)
+    assert data.load_idx_folder(tmp_path)["train"].images is first["train"].images  # cached
+    for split in first.values():  # shared by every caller: nobody may write into them
+        with pytest.raises(ValueError, match="read-only"):
+            split.images[0, 0, 0, 0] = 1
+        with pytest.raises(ValueError, match="read-only"):
+            split.labels[0] = 1
+    replacement = synthetic_split(40, seed=3)  # another size: a changed file, whatever the clock
+    write_idx_folder(tmp_path, replacement, synthetic_split(10, seed=2))
+    again = data.load_idx_folder(tmp_path)["train"]
+    np.testing.assert_array_equal(again.images, replacement.images)
+    (tmp_path / data.FILES["test"][1]).write_bytes(b"not an IDX file")
+    with pytest.raises(DataError, match=data.FILES["test"][1]):
+        data.load_idx_folder(tmp_path)
+
+
+@pytest.mark.parametrize("chunk", [1000, data.PIXEL_CHUNK])  # several chunks, and one
 @pytest.mark.parametrize("low, high", [(0, 256), (7, 8), (250, 256)])
-def test_pixel_stats_from_the_histogram_equal_the_float_computation(low, high):
+def test_pixel_stats_from_the_histogram_equal_the_float_computation(low, high, chunk, monkeypatch):
+    monkeypatch.setattr(data, "PIXEL_CHUNK", chunk)
     images = np.random.default_rng(low).integers(low, high, (300, 28, 28, 1), dtype=np.uint8)
     scaled = images.astype(np.float64) / 255.0
     mean, std = data.pixel_stats(images)
