@@ -9,7 +9,6 @@ least `min_epochs` and `min_seconds` are done, and times evaluation of the 10,00
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import os
 import resource
@@ -113,9 +112,9 @@ def measure(case: str, seeds: int, mode: str, settings: Settings) -> dict[str, A
     span_args = (*on_devices, trainer.images, trainer.labels, trainer.permutations(0), 0, 0,
                  trainer.keys["dropout"])
     images_per_step = config.batch_size * seeds
-    flops = flops_lib.count(functools.partial(trainer.span, length=1), *span_args)
-    flops /= images_per_step
-    xla = flops_lib.xla_flops(trainer.span.lower(*span_args, length=1))  # no second compile
+    traced = trainer.span.trace(*span_args, length=1)  # traced once: counted, then lowered
+    flops = flops_lib.jaxpr_flops(traced.jaxpr.jaxpr) / images_per_step
+    xla = flops_lib.xla_flops(traced.lower())  # no second compile
     peak = flops_lib.device_peak(config.compute_dtype)
 
     def epoch(index: int) -> None:
